@@ -1,0 +1,14 @@
+"""inspect {id} -> {id, image, rootfs, args, status, pid, shim_pid, created_at, started_at, exit_code, exited_at,
+oom_killed, exit_reason, bundle, log_path, auto_remove}. Times are RFC 3339 strings. Errors: not_found."""
+
+from __future__ import annotations
+
+from shimproto.wire import Params
+
+from ..registry import Manager
+
+NAME = "inspect"
+
+
+async def handle(m: Manager, p: Params) -> dict:
+    return await m.inspect(m.get(p.str("id", required=True)))

@@ -1,0 +1,18 @@
+"""kill {id, signal?, all?} -> null: send a signal (default SIGKILL, as docker kill) to the init, or to every
+process of the container with all. Errors: not_found, invalid_argument (unknown signal), invalid_state (not
+running)."""
+
+from __future__ import annotations
+
+from shimproto.model import parse_signal
+from shimproto.wire import Params
+
+from ..registry import Manager
+
+NAME = "kill"
+
+
+async def handle(m: Manager, p: Params) -> None:
+    e = m.get(p.str("id", required=True))
+    sig = parse_signal(p.raw.get("signal", "KILL"))
+    await m.call(e, "kill", {"signal": sig, "all": p.bool("all")})

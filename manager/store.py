@@ -1,0 +1,83 @@
+"""Container metadata on disk: <root>/containers/<id>/meta.json, written atomically.
+
+Layout the manager owns under --root:
+    containers/<id>/meta.json      what was asked for (image, command, options, created_at)
+    containers/<id>/container.log  the container's CRI log (written by the shim)
+    containers/<id>/fs/{upper,work} the container's writable layer (mounted by the shim, removed by us after it)
+and under --state: shims/<id>/ (the shim's own directory) and runc/ (the runtime's state root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+
+from shimproto.fsutil import read_json, write_json
+from shimproto.model import ID_RE
+
+
+@dataclass
+class Meta:
+    id: str
+    args: list[str]
+    lower: str
+    image: str = ""
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    created_at: int = 0
+    auto_remove: bool = False
+    memory_limit: int | None = None
+    pids_limit: int | None = None
+
+
+class Store:
+    def __init__(self, root: str, state: str) -> None:
+        self.root = root
+        self.state = state
+        self.containers = os.path.join(root, "containers")
+        self.shims = os.path.join(state, "shims")
+        self.runc_root = os.path.join(state, "runc")
+        for d in (root, state, self.containers, self.shims, self.runc_root):
+            os.makedirs(d, mode=0o711, exist_ok=True)
+            os.chmod(d, 0o711)  # never world-writable
+
+    def dir(self, id: str) -> str:
+        return os.path.join(self.containers, id)
+
+    def shim_dir(self, id: str) -> str:
+        return os.path.join(self.shims, id)
+
+    def log_path(self, id: str) -> str:
+        return os.path.join(self.dir(id), "container.log")
+
+    def fs(self, id: str) -> tuple[str, str]:
+        return os.path.join(self.dir(id), "fs", "upper"), os.path.join(self.dir(id), "fs", "work")
+
+    def save(self, meta: Meta) -> None:
+        os.makedirs(self.dir(meta.id), mode=0o711, exist_ok=True)
+        write_json(os.path.join(self.dir(meta.id), "meta.json"), asdict(meta))
+
+    def load_all(self) -> list[Meta]:
+        out = []
+        for name in sorted(os.listdir(self.containers)):
+            if not ID_RE.fullmatch(name):
+                continue
+            try:
+                raw = read_json(os.path.join(self.containers, name, "meta.json"))
+                out.append(Meta(**raw))  # type: ignore[arg-type]
+            except (FileNotFoundError, ValueError, TypeError):
+                continue
+        return out
+
+    def remove(self, id: str) -> None:
+        """Remove everything the manager keeps for id; meta.json goes last so a crash leaves it findable."""
+        d = self.dir(id)
+        for name in ("fs", "container.log"):
+            p = os.path.join(d, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            elif os.path.exists(p):
+                os.unlink(p)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.shim_dir(id), ignore_errors=True)

@@ -1,0 +1,239 @@
+"""shimctl [--address PATH] COMMAND ...: docker-like verbs against a shimd manager.
+
+Exit codes follow Docker: the container's code for `run` and `wait`'s printed value; 125 when `run` fails before
+the container runs; 1 for any other failed command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from shimproto.errors import ShimdError, Unavailable
+from shimproto.rpc import Client
+
+DEFAULT_ADDRESS = "/run/shimd/shimd.sock"
+POLL = 20.0  # seconds a long-poll (wait, logs -f) may take on the manager's side
+
+
+class Usage(Exception):
+    pass
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b") if text else ""
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in "kmg" else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 64m, 1g)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="shimctl", description="control a shimd manager")
+    ap.add_argument("--address", default=os.environ.get("SHIMD_ADDRESS", DEFAULT_ADDRESS),
+                    help="manager socket (env SHIMD_ADDRESS; default %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="create and start a container")
+    p.add_argument("-d", "--detach", action="store_true", help="print the id and return once it runs")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="container id")
+    p.add_argument("--rootfs", help="use this directory (read-only, under an overlay) instead of an image")
+    p.add_argument("-e", "--env", action="append", default=[], help="environment variable NAME=VALUE")
+    p.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
+    p.add_argument("--memory", type=parse_size, help="memory limit, e.g. 64m")
+    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
+
+    p = sub.add_parser("start", help="start a created container")
+    p.add_argument("id")
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p = sub.add_parser("inspect", help="show a container as JSON")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("kill", help="send a signal to a container")
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("wait", help="wait for a container to exit and print its exit code")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("logs", help="print a container's output")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("id")
+    return ap
+
+
+class Cli:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            if not os.path.exists(self.address):
+                raise Unavailable(f"cannot connect to the shimd manager at {self.address}: no such socket "
+                                  f"(is shimd-manager running?)")
+            self._client = Client(self.address)
+        return self._client
+
+    def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> object:
+        return self.client.call(method, params, timeout)
+
+    # --- commands ------------------------------------------------------------------------------------------
+
+    def run(self, a: argparse.Namespace) -> int:
+        rest = list(a.args)
+        if rest and rest[0] == "--":
+            rest = rest[1:]
+        if a.rootfs:
+            image, cmd = "", rest
+        elif rest:
+            image, cmd = rest[0], rest[1:]
+        else:
+            raise Usage("run needs an IMAGE or --rootfs DIR")
+        params = {"id": a.name, "image": image, "rootfs": os.path.abspath(a.rootfs) if a.rootfs else "",
+                  "args": cmd or ["sh"], "env": _env(a.env), "cwd": a.workdir, "memory_limit": a.memory,
+                  "pids_limit": a.pids_limit}
+        if a.detach:
+            info = self.call("create", {**params, "start": True, "auto_remove": a.rm}, timeout=60)
+            print(info["id"])  # type: ignore[index]
+            return 0
+        info = self.call("create", {**params, "start": True}, timeout=60)
+        id = info["id"]  # type: ignore[index]
+        self._stream_logs(id, follow=True)
+        code = self._wait(id)
+        if a.rm:
+            self.call("delete", {"id": id, "force": True})
+        return code
+
+    def start(self, a: argparse.Namespace) -> int:
+        self.call("start", {"id": a.id}, timeout=60)
+        print(a.id)
+        return 0
+
+    def ps(self, a: argparse.Namespace) -> int:
+        rows = self.call("list", {"all": a.all})
+        if a.format == "json":
+            print(json.dumps(rows, indent=1))
+        elif a.quiet:
+            for r in rows:  # type: ignore[union-attr]
+                print(r["id"])
+        else:
+            fmt = "{:<20} {:<12} {:<9} {:<8} {:<8} {:<30} {}"
+            print(fmt.format("CONTAINER ID", "IMAGE", "STATUS", "PID", "EXIT", "CREATED", "COMMAND"))
+            for r in rows:  # type: ignore[union-attr]
+                print(fmt.format(r["id"], r["image"] or "-", r["status"], r["pid"] or "-",
+                                 "-" if r["exit_code"] is None else r["exit_code"], r["created_at"],
+                                 " ".join(r["args"])[:40]))
+        return 0
+
+    def inspect(self, a: argparse.Namespace) -> int:
+        out, rc = [], 0
+        for id in a.ids:
+            try:
+                out.append(self.call("inspect", {"id": id}))
+            except ShimdError as e:
+                print(f"shimctl: {e.message}", file=sys.stderr)
+                rc = 1
+        print(json.dumps(out, indent=1))
+        return rc
+
+    def kill(self, a: argparse.Namespace) -> int:
+        return self._each(a.ids, lambda id: self.call("kill", {"id": id, "signal": a.signal}))
+
+    def rm(self, a: argparse.Namespace) -> int:
+        return self._each(a.ids, lambda id: self.call("delete", {"id": id, "force": a.force}, timeout=60))
+
+    def wait(self, a: argparse.Namespace) -> int:
+        rc = 0
+        for id in a.ids:
+            try:
+                print(self._wait(id), flush=True)
+            except ShimdError as e:
+                print(f"shimctl: {e.message}", file=sys.stderr)
+                rc = 1
+        return rc
+
+    def logs(self, a: argparse.Namespace) -> int:
+        self._stream_logs(a.id, a.follow)
+        return 0
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    def _each(self, ids: list[str], fn) -> int:  # type: ignore[no-untyped-def]
+        rc = 0
+        for id in ids:
+            try:
+                fn(id)
+                print(id)
+            except ShimdError as e:
+                print(f"shimctl: {e.message}", file=sys.stderr)
+                rc = 1
+        return rc
+
+    def _wait(self, id: str) -> int:
+        while True:
+            res = self.call("wait", {"id": id, "timeout": POLL}, timeout=POLL + 15)
+            if res["exited"]:  # type: ignore[index]
+                return int(res["exit_code"])  # type: ignore[index]
+
+    def _stream_logs(self, id: str, follow: bool) -> None:
+        cursor = 0
+        outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        while True:
+            res = self.call("logs", {"id": id, "cursor": cursor, "follow": follow, "timeout": POLL},
+                            timeout=POLL + 15)
+            for stream, data in res["records"]:  # type: ignore[index]
+                out = outs.get(stream, sys.stdout.buffer)
+                out.write(data)
+                out.flush()
+            cursor = res["cursor"]  # type: ignore[index]
+            if res["eof"]:  # type: ignore[index]
+                return
+
+
+def _env(items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            value = os.environ.get(item)
+            if value is None:
+                continue
+            item = f"{item}={value}"
+        out.append(item)
+    if out and not any(x.startswith("PATH=") for x in out):
+        out.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    cli = Cli(a.address)
+    try:
+        return getattr(cli, a.cmd)(a)
+    except Usage as e:
+        print(f"shimctl: {e}", file=sys.stderr)
+        return 125 if a.cmd == "run" else 2
+    except ShimdError as e:
+        print(f"shimctl: {e.message}", file=sys.stderr)
+        return 125 if a.cmd == "run" else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

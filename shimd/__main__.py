@@ -1,0 +1,180 @@
+"""shimd: argv -> config -> run, and the offline `delete` cleanup for a shim that is gone.
+
+    shimd start --id ID --state DIR [--runtime runc] [--runtime-root DIR] [--ready-fd N]
+    shimd delete --id ID --state DIR [--runtime runc] [--runtime-root DIR]
+
+`start` detaches (double fork, new session) and reports "ok <pid>" or "error <text>" on the ready fd once its API
+socket is bound. The daemon half is `serve()`, which a pre-imported parent may also call right after a fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+
+from shimproto.model import check_id
+
+
+@dataclass
+class ShimConfig:
+    id: str
+    state_dir: str
+    runtime: str = "runc"
+    runtime_root: str | None = None
+    ready_fd: int | None = None
+    debug: bool = False
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.state_dir, "shim.sock")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="shimd", description="per-container shim of shimd")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("start", "delete"):
+        p = sub.add_parser(name)
+        p.add_argument("--id", required=True)
+        p.add_argument("--state", required=True, help="the shim's state directory")
+        p.add_argument("--runtime", default="runc")
+        p.add_argument("--runtime-root", default=None)
+        if name == "start":
+            p.add_argument("--ready-fd", type=int, default=None)
+            p.add_argument("--debug", action="store_true")
+    return ap
+
+
+def _report(fd: int | None, line: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _logger(cfg: ShimConfig) -> logging.LoggerAdapter:
+    handler = logging.FileHandler(os.path.join(cfg.state_dir, "shim.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(cid)s] %(message)s"))
+    root = logging.getLogger("shimd")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if cfg.debug else logging.INFO)
+    return logging.LoggerAdapter(root, {"cid": cfg.id})
+
+
+async def _serve(cfg: ShimConfig, log: logging.LoggerAdapter) -> None:
+    import zmq.asyncio
+
+    from runtime.runc import Runc
+    from shimproto.rpc import Server
+
+    from .container import Container
+    from .reaper import Reaper
+    from .service import ShimService, translate
+
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install(loop)
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    runc = Runc(reaper, binary=cfg.runtime, root=cfg.runtime_root, log_dir=cfg.state_dir, env=env)
+    container = Container(cfg.id, cfg.state_dir, runc, reaper, log)
+    service = ShimService(container)
+    ctx = zmq.asyncio.Context()
+    server = Server(ctx, cfg.socket, service.handlers(), log, translate=translate)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # TERM takes the same path as the shutdown call without force: a shim that still owns a container
+        # stays (killing the shim must never silently kill the container).
+        loop.add_signal_handler(sig, lambda: None if container.state and container.state.name != "deleted"
+                                else service.stop.set())
+    serving = asyncio.create_task(server.serve())
+    _report(cfg.ready_fd, f"ok {os.getpid()}")
+    log.info("serving on %s", cfg.socket)
+    await service.stop.wait()
+    await asyncio.sleep(0.05)  # let the reply that asked us to stop leave
+    serving.cancel()
+    server.close(linger_ms=1000)
+    ctx.term()
+    log.info("shim exiting")
+
+
+def serve(cfg: ShimConfig) -> int:
+    """The daemon half: we are already detached. Become subreaper, take a private mount namespace, serve."""
+    from . import sys as _sys
+
+    log = _logger(cfg)
+    try:
+        _sys.set_child_subreaper()
+        _sys.private_mount_namespace()
+        with open(os.path.join(cfg.state_dir, "shim.pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        asyncio.run(_serve(cfg, log))
+    except BaseException as e:
+        log.exception("shim failed")
+        _report(cfg.ready_fd, f"error {type(e).__name__}: {e}")
+        return 1
+    return 0
+
+
+def start(cfg: ShimConfig) -> int:
+    import daemon
+
+    os.makedirs(cfg.state_dir, mode=0o711, exist_ok=True)
+    ctx = daemon.DaemonContext(
+        detach_process=True, working_directory="/", umask=0o022, signal_map={},
+        files_preserve=[cfg.ready_fd] if cfg.ready_fd is not None else [],
+    )
+    with ctx:
+        return serve(cfg)
+
+
+def delete(cfg: ShimConfig) -> int:
+    """Clean up after a shim that is gone: force-delete the runtime's container, unmount, remove the state.
+
+    Prints the recorded exit status as JSON (null when the shim recorded none)."""
+    from runtime.opts import DeleteOpts
+    from runtime.runc import Runc
+
+    from . import sys as _sys
+    from .container import recorded_exit
+    from .reaper import Reaper
+
+    async def run() -> None:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        runc = Runc(reaper, binary=cfg.runtime, root=cfg.runtime_root)
+        try:
+            await runc.delete(cfg.id, DeleteOpts(force=True))
+        except Exception as e:  # runtime NotFound is the usual case: nothing to delete
+            print(f"shimd delete: runtime: {e}", file=sys.stderr)
+
+    asyncio.run(run())
+    exit = recorded_exit(cfg.state_dir)
+    _sys.unmount(os.path.join(cfg.state_dir, "bundle", "rootfs"))
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)
+    print(json.dumps(exit.to_wire() if exit else None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        check_id(a.id)
+    except Exception as e:
+        print(f"shimd: {e}", file=sys.stderr)
+        return 2
+    cfg = ShimConfig(id=a.id, state_dir=os.path.abspath(a.state), runtime=a.runtime,
+                     runtime_root=a.runtime_root, ready_fd=getattr(a, "ready_fd", None),
+                     debug=getattr(a, "debug", False))
+    return start(cfg) if a.cmd == "start" else delete(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

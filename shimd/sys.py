@@ -1,0 +1,101 @@
+"""The only home of the shim's raw syscalls: prctl, wait4, spawn, mount, unshare, mkfifo (ctypes lives here)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def set_child_subreaper() -> None:
+    """Become the parent of every orphan below us (the container init once `runc create` exits)."""
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def private_mount_namespace() -> None:
+    """Move into a mount namespace of our own whose mounts receive the host's but never leak back.
+
+    The container's writable root is mounted here, so it exists exactly as long as the shim (and the container)
+    do, whatever mount namespace the manager that launched us lived in.
+    """
+    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
+
+
+def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
+    data = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    _check(_libc.mount(b"overlay", target.encode(), b"overlay", 0, data), f"mount overlay on {target}")
+
+
+def unmount(target: str) -> None:
+    """Unmount target; a path that is not a mount point is fine (EINVAL/ENOENT)."""
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def is_mounted(target: str) -> bool:
+    real = os.path.realpath(target)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def reap_all() -> list[tuple[int, int]]:
+    """Reap every exited child without blocking: [(pid, wait status)]."""
+    out = []
+    while True:
+        try:
+            pid, status, _ = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return out
+        if pid == 0:
+            return out
+        out.append((pid, status))
+
+
+def spawn(argv: list[str], stdin: int | None, stdout: int | None, stderr: int | None,
+          env: dict[str, str] | None) -> int:
+    """posix_spawn argv with the given fds as stdio (None: /dev/null); returns the pid and never waits.
+
+    Signal dispositions and the mask are reset for the child: the shim's own handlers must not leak into runc.
+    """
+    actions: list[tuple] = []
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        if fd is None:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_RDWR, 0))
+        else:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    return os.posix_spawnp(
+        argv[0], argv, env if env is not None else os.environ,
+        file_actions=actions,
+        setsigmask=(),
+        setsigdef=(signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+    )
+
+
+def mkfifo(path: str) -> None:
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        pass

@@ -1,0 +1,206 @@
+"""Request/reply over ZeroMQ: the server dispatcher and the clients (async for daemons, blocking for the CLI).
+
+The server is the one place where handler errors meet wire codes: a ShimdError goes out with its code, anything
+else is logged with its traceback and goes out as INTERNAL. Bad frames get an error reply and never stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Unavailable, from_wire
+from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode
+
+Handler = Callable[[Params], Awaitable[object]]
+
+IPC_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+
+def ipc_endpoint(path: str) -> str:
+    if len(path.encode()) > IPC_PATH_MAX:
+        raise InvalidArgument(f"socket path too long ({len(path)} > {IPC_PATH_MAX} bytes): {path}")
+    return "ipc://" + path
+
+
+class Server:
+    """A ROUTER socket bound at a unix path that runs one task per request."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, path: str, handlers: dict[str, Handler],
+                 log: logging.Logger | logging.LoggerAdapter, mode: int = 0o600,
+                 translate: Callable[[Exception], ShimdError | None] | None = None) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.translate = translate
+        self.log = log
+        self._tasks: set[asyncio.Task] = set()
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        endpoint = ipc_endpoint(path)
+        try:
+            os.unlink(path)  # a stale socket from a previous instance
+        except FileNotFoundError:
+            pass
+        # umask makes the socket private from the moment it exists; chmod then sets the intended mode.
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(endpoint)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+
+    async def serve(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=True)
+            if len(frames) != 2:  # a ROUTER always prepends the identity; anything else is a bad peer
+                if frames:
+                    await self._send(frames[0], {"id": None, "error": InvalidArgument(
+                        f"malformed request: expected 1 frame, got {len(frames) - 1}").to_wire()})
+                continue
+            task = asyncio.create_task(self._handle(frames[0], frames[1]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, ident: bytes, payload: bytes) -> None:
+        rid: object = None
+        method = "?"
+        try:
+            rid, method, raw = decode_request(payload)
+            handler = self.handlers.get(method)
+            if handler is None:
+                raise InvalidArgument(f"unknown method {method!r}")
+            result = await handler(Params(method, raw))
+            reply: dict = {"id": rid, "result": result}
+        except BadRequest as e:
+            reply = {"id": e.rid, "error": e.error.to_wire()}
+        except ShimdError as e:
+            reply = {"id": rid, "error": e.to_wire()}
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            typed = self.translate(e) if self.translate else None
+            if typed is None:
+                self.log.exception("%s failed", method)
+                typed = Internal(f"{method}: internal error: {type(e).__name__}: {e}")
+            reply = {"id": rid, "error": typed.to_wire()}
+        await self._send(ident, reply)
+
+    async def _send(self, ident: bytes, reply: dict) -> None:
+        try:
+            data = encode(reply)
+        except Exception as e:  # an id or result msgpack cannot carry
+            data = encode({"id": None, "error": Internal(f"unencodable reply: {e}").to_wire()})
+        await self.sock.send_multipart([ident, data])
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Stop serving; replies already queued get linger_ms to reach their peers."""
+        for t in list(self._tasks):
+            t.cancel()
+        self.sock.close(linger_ms)
+
+
+class AsyncClient:
+    """Many concurrent calls over one DEALER socket, matched to their replies by id."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, path: str, name: str, timeout: float = 10.0) -> None:
+        self.name = name
+        self.path = path
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.sock.connect(ipc_endpoint(path))
+        self._reader: asyncio.Task | None = None
+
+    async def call(self, method: str, params: dict | None = None, timeout: float | None = -1.0) -> object:
+        if timeout is not None and timeout < 0:
+            timeout = self.timeout
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        rid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+
+        async def exchange() -> dict:
+            await self.sock.send(encode({"id": rid, "method": method, "params": params or {}}))
+            return await fut
+
+        try:
+            reply = await asyncio.wait_for(exchange(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{method}: no answer from {self.name} within {timeout:g}s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if "error" in reply:
+            raise from_wire(reply["error"])
+        return reply.get("result")
+
+    async def _read(self) -> None:
+        while True:
+            frame = await self.sock.recv()
+            try:
+                msg = decode(frame)
+            except ShimdError:
+                continue
+            if isinstance(msg, dict):
+                fut = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(Unavailable(f"connection to {self.name} closed"))
+        self.sock.close(0)
+
+
+class Client:
+    """Blocking client for the CLI: one call at a time, no event loop (keeps the CLI's start-up cheap)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.sock.connect(ipc_endpoint(path))
+
+    def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> object:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        rid = next(self._ids)
+        data = encode({"id": rid, "method": method, "params": params or {}})
+        if not self.sock.poll(self._left(deadline), zmq.POLLOUT):
+            raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
+        self.sock.send(data)
+        while True:
+            if not self.sock.poll(self._left(deadline), zmq.POLLIN):
+                raise DeadlineExceeded(f"{method}: the manager at {self.path} did not answer within {timeout:g}s")
+            msg = decode(self.sock.recv())
+            if isinstance(msg, dict) and msg.get("id") == rid:
+                break
+        if "error" in msg:
+            raise from_wire(msg["error"])
+        return msg.get("result")
+
+    @staticmethod
+    def _left(deadline: float) -> int:
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
