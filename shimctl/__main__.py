@@ -35,8 +35,16 @@ def parse_size(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error; exit 125 for run (as docker run), else 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(125 if self.prog.endswith(" run") else 2)
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="shimctl", description="control a shimd manager")
+    ap = Parser(prog="shimctl", description="control a shimd manager")
     ap.add_argument("--address", default=os.environ.get("SHIMD_ADDRESS", DEFAULT_ADDRESS),
                     help="manager socket (env SHIMD_ADDRESS; default %(default)s)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")

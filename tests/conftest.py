@@ -1,0 +1,87 @@
+"""Fixtures: every test gets its own manager with its own --root/--state, and must leave nothing behind.
+
+The per-test teardown removes the test's containers and fails the test if any process, mount, runtime state or
+cgroup of it survives. The session check at the end fails the run if anything of any test is still around:
+shims, managers, container processes (runc init included), zombies of ours, or mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import psutil
+import pytest
+
+from tests.harness import BASE_PREFIX, Env, new_env, our_processes, remove_base, zombies_of
+
+_bases: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("shimd's tests run as root (real runc, namespaces, mounts)")
+    if not shutil.which("runc"):
+        raise pytest.UsageError("runc is not installed (scripts/setup installs it)")
+
+
+@pytest.fixture
+def env() -> Env:
+    """A fresh manager in its own temp --root/--state."""
+    e = new_env()
+    _bases.append(e.base)
+    e.start_manager()
+    yield e
+    problems = e.cleanup()
+    if problems:
+        pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
+    remove_base(e.base)
+
+
+@pytest.fixture
+def bare_env() -> Env:
+    """Like env, but the test starts the manager itself."""
+    e = new_env()
+    _bases.append(e.base)
+    yield e
+    problems = e.cleanup()
+    if problems:
+        pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
+    remove_base(e.base)
+
+
+def session_leftovers() -> list[str]:
+    """Everything of ours still alive or mounted: processes of any test base dir, any `runc init`, zombies of
+    this process tree, and mounts under a test base dir."""
+    procs: dict[int, str] = {}
+    for base in _bases:
+        for p in our_processes(base):
+            try:
+                procs[p.pid] = " ".join(p.cmdline())
+            except psutil.Error:
+                pass
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "runc init" in cmd or ("shimd" in cmd and BASE_PREFIX in cmd):
+            procs[p.pid] = cmd
+    problems = [f"process {pid}: {cmd}" for pid, cmd in sorted(procs.items())]
+    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    problems += zombies_of(ours)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            if mp.startswith(BASE_PREFIX):
+                problems.append(f"mount {mp}")
+    return problems
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    problems = session_leftovers()
+    if problems:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        msg = "LEAK CHECK FAILED: left behind after the test session:\n  " + "\n  ".join(sorted(set(problems)))
+        if tr:
+            tr.write_line(msg, red=True)
+        else:
+            print(msg)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

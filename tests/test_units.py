@@ -1,0 +1,147 @@
+"""Pure pieces: the state table, the CRI log format, signals, the exit status model, the import rule."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+
+import pytest
+
+from runtime.errors import AlreadyExists, NotFound, RuntimeError_, classify
+from runtime.opts import CreateOpts, DeleteOpts, KillOpts
+from shimd.io.log import format_records, parse_records
+from shimd.process import STATES, TRANSITIONS, next_state
+from shimproto.errors import InvalidArgument, InvalidState
+from shimproto.model import ExitStatus, check_id, parse_signal, rfc3339
+from tests.harness import REPO
+
+
+def test_transition_table_is_closed_and_illegal_moves_are_typed_errors():
+    for (state, _event), nxt in TRANSITIONS.items():
+        assert state in STATES and nxt in STATES
+    assert next_state("created", "start") == "running"
+    assert next_state("running", "exit") == "stopped"
+    with pytest.raises(InvalidState, match="cannot start a stopped container"):
+        next_state("stopped", "start")
+    with pytest.raises(InvalidState, match="cannot pause a stopped container"):
+        next_state("stopped", "pause")
+
+
+def test_state_classes_refuse_what_they_do_not_allow():
+    import asyncio
+
+    async def go():
+        with pytest.raises(InvalidState, match="cannot kill a stopped container"):
+            await STATES["stopped"].kill(None, 9, False)  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot start a running container"):
+            await STATES["running"].start(None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot delete a deleted container"):
+            await STATES["deleted"].delete(None)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+
+
+def test_cri_records_round_trip_lines_and_fragments():
+    data = format_records("stdout", b"one\ntwo\nthr", 1_700_000_000_123_456_789)
+    assert data.splitlines()[0] == b"2023-11-14T22:13:20.123456789Z stdout F one"
+    assert data.splitlines()[2] == b"2023-11-14T22:13:20.123456789Z stdout P thr"
+    data += format_records("stdout", b"ee\n", 1_700_000_000_000_000_000)
+    data += format_records("stderr", b"err\n", 1_700_000_000_000_000_000)
+    records, used = parse_records(data + b"2023-11-14T22:13:20Z stdout F half-writ")
+    assert used == len(data)
+    assert records == [["stdout", b"one\ntwo\nthree\n"], ["stderr", b"err\n"]]
+
+
+def test_rfc3339_has_nanoseconds():
+    assert rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
+
+
+def test_signals_parse_by_name_and_number():
+    assert parse_signal("KILL") == parse_signal("SIGKILL") == parse_signal("9") == parse_signal(9) == 9
+    assert parse_signal("usr1") == signal.SIGUSR1
+    for bad in ("NOPE", "0", 0, 999, True, None, "SIG"):
+        with pytest.raises(InvalidArgument, match="unknown signal"):
+            parse_signal(bad)
+
+
+def test_exit_status_is_128_plus_signal_for_a_signal_death():
+    assert ExitStatus.from_wait_status(3 << 8).code == 3
+    st = ExitStatus.from_wait_status(signal.SIGKILL)
+    assert (st.code, st.signal) == (137, 9)
+    assert ExitStatus.from_wire(st.to_wire()) == st
+
+
+@pytest.mark.parametrize("good", ["a", "A1", "x" * 64, "a_b.c-d", "0"])
+def test_valid_ids(good):
+    assert check_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "-a", "_a", ".a", "a/b", "x" * 65, "a\n", None, 5])
+def test_invalid_ids(bad):
+    with pytest.raises(InvalidArgument, match="invalid container id"):
+        check_id(bad)
+
+
+def test_runtime_options_render_to_argv():
+    assert CreateOpts(pid_file="/p", console_socket="/s").args() == ["--pid-file", "/p", "--console-socket", "/s"]
+    assert KillOpts(all=True).args() == ["--all"] and KillOpts().args() == []
+    assert DeleteOpts(force=True).args() == ["--force"]
+
+
+def test_runtime_errors_are_classified_from_the_json_log():
+    log = '{"level":"info","msg":"x"}\n{"level":"error","msg":"container \\"c\\" does not exist"}\n'
+    assert isinstance(classify("runc kill", log, 1), NotFound)
+    assert isinstance(classify("runc create", '{"level":"error","msg":"container with id exists: c"}', 1),
+                      AlreadyExists)
+    err = classify("runc start", "", 1)
+    assert type(err) is RuntimeError_ and "exited with status 1" in str(err)
+
+
+# --- the import rule: runtime imports nothing of ours; shimd imports runtime and the protocol; manager and the
+# CLI import only the protocol.
+OURS = {"runtime", "shimd", "manager", "shimctl", "shimproto", "tests"}
+ALLOWED = {
+    "shimproto": set(),
+    "runtime": set(),
+    "shimd": {"runtime", "shimproto"},
+    "manager": {"shimproto"},
+    "shimctl": {"shimproto"},
+}
+
+
+def _imports(path: str) -> set[str]:
+    tree = ast.parse(open(path).read(), path)
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_import_rule(package):
+    bad = []
+    for dirpath, _, files in os.walk(os.path.join(REPO, package)):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                wrong = _imports(path) - ALLOWED[package] - {package}
+                if wrong:
+                    bad.append(f"{os.path.relpath(path, REPO)} imports {sorted(wrong)}")
+    assert bad == []
+
+
+def test_nothing_in_the_shim_waits_on_children_outside_the_reaper():
+    forbidden = ("os.waitpid", "os.wait4", "os.wait(", "os.waitid", "Popen", "create_subprocess", "os.system",
+                 "subprocess", "os.fork", "posix_spawn", "ctypes", "prctl")
+    for dirpath, _, files in os.walk(os.path.join(REPO, "shimd")):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if not f.endswith(".py") or path.endswith(os.path.join("shimd", "sys.py")):
+                continue
+            text = open(path).read()
+            for word in forbidden:
+                assert word not in text, f"{os.path.relpath(path, REPO)} uses {word}"
