@@ -44,7 +44,7 @@ def _build_busybox(dest: str) -> None:
                 continue
             os.makedirs(os.path.dirname(link), exist_ok=True)
             os.symlink(os.path.relpath(os.path.join(tmp, "bin", "busybox"), os.path.dirname(link)), link)
-        for name, text in (("passwd", PASSWD), ("group", GROUP), ("hostname", "busybox\n"),
+        for name, text in (("passwd", PASSWD), ("group", GROUP),
                            ("resolv.conf", ""), ("hosts", "127.0.0.1 localhost\n")):
             with open(os.path.join(tmp, "etc", name), "w") as f:
                 f.write(text)
