@@ -91,3 +91,16 @@ def write_bundle(bundle_dir: str, spec: Spec) -> str:
         os.fsync(f.fileno())
     os.rename(tmp, path)
     return path
+
+
+def exec_process(base: dict, args: list[str], env: list[str] | None, cwd: str | None, terminal: bool) -> dict:
+    """An OCI process for `runc exec --process`: the container's own process spec with a new command."""
+    proc = json.loads(json.dumps(base))  # deep copy
+    proc["args"] = args
+    proc["terminal"] = terminal
+    if env:
+        proc["env"] = list(env)
+    if cwd:
+        proc["cwd"] = cwd
+    proc.pop("consoleSize", None)
+    return proc

@@ -8,7 +8,7 @@ import tempfile
 from typing import Protocol
 
 from .errors import classify
-from .opts import CreateOpts, DeleteOpts, KillOpts
+from .opts import CreateOpts, DeleteOpts, ExecOpts, KillOpts, UpdateOpts
 
 
 class Monitor(Protocol):
@@ -74,3 +74,25 @@ class Runc:
 
     async def state(self, id: str) -> dict:
         return json.loads(await self._output(["state", id]))
+
+    async def exec(self, id: str, opts: ExecOpts, stdin: int | None = None, stdout: int | None = None,
+                   stderr: int | None = None) -> None:
+        """runc exec; with detach runc returns once the process runs and hands it these fds."""
+        await self._run(["exec", *opts.args(), id], stdin, stdout, stderr)
+
+    async def pause(self, id: str) -> None:
+        await self._run(["pause", id])
+
+    async def resume(self, id: str) -> None:
+        await self._run(["resume", id])
+
+    async def update(self, id: str, opts: UpdateOpts) -> None:
+        await self._run(["update", *opts.args(), id])
+
+    async def ps(self, id: str) -> list[int]:
+        """Host pids of every process in the container."""
+        return list(json.loads(await self._output(["ps", "--format", "json", id])) or [])
+
+    async def stats(self, id: str) -> dict:
+        """One `runc events --stats` sample: the "data" object (cpu, memory, pids, ...)."""
+        return json.loads(await self._output(["events", "--stats", id])).get("data", {})

@@ -1,12 +1,14 @@
 """The shim API: decode params -> container operation -> encode result.
 
 This is the one place where the shim's errors meet wire codes: runtime errors are translated by the table below;
-everything else that is not a ShimdError becomes INTERNAL in the dispatcher (shimproto.rpc.Server).
+everything else that is not a ShimdError becomes INTERNAL in the dispatcher (shimproto.rpc.Server). Methods that
+act on a process take an optional exec_id ("" or absent: the init).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import runtime.errors as rt
 from shimproto import errors as wire
@@ -29,9 +31,15 @@ def translate(exc: Exception) -> wire.ShimdError | None:
     for cls in type(exc).__mro__:
         if cls in _RUNTIME_TO_WIRE:
             return _RUNTIME_TO_WIRE[cls](str(exc))
-    if isinstance(exc, OSError):
-        return wire.Internal(f"{exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ENOTTY):
+        return wire.InvalidState(exc.strerror or str(exc))
+    if isinstance(exc, TimeoutError):
+        return wire.DeadlineExceeded(str(exc) or "timed out")
     return None
+
+
+def _timeout(p: Params) -> float:
+    return min(max(p.float("timeout", 30.0), 0.0), LONG_POLL_MAX)
 
 
 class ShimService:
@@ -40,17 +48,9 @@ class ShimService:
         self.stop = asyncio.Event()
 
     def handlers(self) -> dict:
-        return {
-            "create": self.create,
-            "start": self.start,
-            "state": self.state,
-            "kill": self.kill,
-            "wait": self.wait,
-            "logs": self.logs,
-            "delete": self.delete,
-            "shutdown": self.shutdown,
-            "ping": self.ping,
-        }
+        return {name: getattr(self, name) for name in (
+            "create", "start", "state", "pids", "kill", "exec", "write_stdin", "close_stdin", "resize", "pause",
+            "resume", "update", "stats", "wait", "logs", "events", "reopen_log", "delete", "shutdown", "ping")}
 
     async def ping(self, p: Params) -> dict:
         return {"id": self.c.id}
@@ -62,6 +62,8 @@ class ShimService:
             args=p.strlist("args", required=True), env=p.strlist("env"), cwd=p.str("cwd", "/"),
             hostname=p.str("hostname", ""), cgroups_path=p.str("cgroups_path", ""),
             memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
+            terminal=p.bool("terminal"), stdin=p.bool("stdin"),
+            log_max_size=max(0, p.int("log_max_size", 0)), log_max_files=p.int("log_max_files", 5),
         )
         await self.c.create(req)
         return self.c.describe()
@@ -73,31 +75,78 @@ class ShimService:
     async def state(self, p: Params) -> dict:
         return self.c.describe()
 
+    async def pids(self, p: Params) -> list:
+        return await self.c.pids()
+
     async def kill(self, p: Params) -> None:
-        raw = p.raw.get("signal", 15)
-        await self.c.kill(parse_signal(raw), p.bool("all"))
+        await self.c.kill(parse_signal(p.raw.get("signal", 15)), p.bool("all"), p.str("exec_id", ""))
+
+    async def exec(self, p: Params) -> dict:
+        proc = await self.c.exec(
+            p.str("exec_id", required=True), p.strlist("args", required=True), p.strlist("env"),
+            p.str("cwd", ""), p.bool("terminal"), p.bool("stdin"), p.bool("attach"))
+        return proc.describe()
+
+    async def write_stdin(self, p: Params) -> None:
+        await self.c.write_stdin(p.str("exec_id", ""), p.bytes("data", required=True))
+
+    async def close_stdin(self, p: Params) -> None:
+        self.c.close_stdin(p.str("exec_id", ""))
+
+    async def resize(self, p: Params) -> None:
+        rows, cols = p.int("rows", required=True), p.int("cols", required=True)
+        if not (0 < rows < 65536 and 0 < cols < 65536):
+            raise wire.InvalidArgument(f"resize: {rows}x{cols} is not a terminal size")
+        self.c.resize(p.str("exec_id", ""), rows, cols)
+
+    async def pause(self, p: Params) -> None:
+        await self.c.pause()
+
+    async def resume(self, p: Params) -> None:
+        await self.c.resume()
+
+    async def update(self, p: Params) -> None:
+        memory, pids = p.int("memory_limit"), p.int("pids_limit")
+        if memory is None and pids is None:
+            raise wire.InvalidArgument("update: give a memory limit, a pids limit or both")
+        if memory is not None and memory < 4 * 1024 * 1024:
+            raise wire.InvalidArgument(f"update: memory limit {memory} is below the minimum of 4 MiB")
+        if pids is not None and pids < 1:
+            raise wire.InvalidArgument(f"update: pids limit {pids} must be at least 1")
+        await self.c.update(memory, pids)
+
+    async def stats(self, p: Params) -> dict:
+        return await self.c.stats()
 
     async def wait(self, p: Params) -> dict:
-        return await self.c.wait(min(p.float("timeout", 30.0), LONG_POLL_MAX))
+        return await self.c.process(p.str("exec_id", "")).wait(_timeout(p))
 
     async def logs(self, p: Params) -> dict:
-        cursor = p.int("cursor", 0)
-        if cursor < 0:
-            raise wire.InvalidArgument("logs: cursor must be >= 0")
         max_bytes = max(4096, min(p.int("max_bytes", 1 << 20), MAX_MESSAGE // 2))
-        return await self.c.logs(cursor, p.bool("follow"), min(p.float("timeout", 30.0), LONG_POLL_MAX),
+        return await self.c.logs(p.str("exec_id", ""), p.int("cursor", 0), p.bool("follow"), _timeout(p),
                                  max_bytes)
 
+    async def events(self, p: Params) -> dict:
+        since = p.int("since", 0)
+        evs = await self.c.journal.wait_since(since, _timeout(p))
+        return {"events": evs, "seq": self.c.journal.seq}
+
+    async def reopen_log(self, p: Params) -> None:
+        self.c.reopen_log()
+
     async def delete(self, p: Params) -> dict:
-        exit = await self.c.delete()
-        self.stop.set()  # nothing left to own: the shim exits once this reply is out
+        exec_id = p.str("exec_id", "")
+        exit = await self.c.delete(exec_id)
+        if not exec_id:
+            self.stop.set()  # nothing left to own: the shim exits once this reply is out
         return {"exit": exit.to_wire() if exit else None}
 
     async def shutdown(self, p: Params) -> None:
         """Exit the shim. Refused while it still owns a container, unless force (the container is then killed)."""
-        st = self.c.state
-        if st is not None and st.name != "deleted":
+        init = self.c.init
+        if init is not None and init.state.name != "deleted":
             if not p.bool("force"):
-                raise wire.InvalidState(f"cannot shut down the shim of {st.name} container {self.c.id}; delete it")
+                raise wire.InvalidState(
+                    f"cannot shut down the shim of {init.state.name} container {self.c.id}; delete it")
             await self.c.delete()
         self.stop.set()

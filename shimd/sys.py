@@ -99,3 +99,30 @@ def mkfifo(path: str) -> None:
         os.mkfifo(path, 0o600)
     except FileExistsError:
         pass
+
+
+def send_signal(pid: int, sig: int) -> None:
+    """Signal a process we reaped nothing of yet (our child or orphan), so its pid cannot have been reused."""
+    os.kill(pid, sig)
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def oom_eventfd_v1(memcg_dir: str) -> tuple[int, int]:
+    """Ask cgroup v1 to signal an eventfd on every OOM in memcg_dir: (eventfd, oom_control fd), both to keep open."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    ofd = os.open(os.path.join(memcg_dir, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with open(os.path.join(memcg_dir, "cgroup.event_control"), "w") as f:
+            f.write(f"{efd} {ofd}")
+    except OSError:
+        os.close(efd)
+        os.close(ofd)
+        raise
+    return efd, ofd

@@ -80,6 +80,9 @@ class Params:
         v = self._get(name, (int, float), default, required)
         return float(v) if v is not None else v  # type: ignore[return-value]
 
+    def bytes(self, name: str, required: bool = False) -> bytes:
+        return self._get(name, bytes, b"", required)  # type: ignore[return-value]
+
     def bool(self, name: str, default: bool = False) -> bool:
         return self._get(name, bool, default, False)  # type: ignore[return-value]
 

@@ -31,13 +31,25 @@ def test_transition_table_is_closed_and_illegal_moves_are_typed_errors():
 def test_state_classes_refuse_what_they_do_not_allow():
     import asyncio
 
+    class Init:
+        noun = "container"
+
+    class Exec:
+        noun = "exec process"
+
     async def go():
         with pytest.raises(InvalidState, match="cannot kill a stopped container"):
-            await STATES["stopped"].kill(None, 9, False)  # type: ignore[arg-type]
+            await STATES["stopped"].kill(Init(), 9, False)  # type: ignore[arg-type]
         with pytest.raises(InvalidState, match="cannot start a running container"):
-            await STATES["running"].start(None)  # type: ignore[arg-type]
+            await STATES["running"].start(Init())  # type: ignore[arg-type]
         with pytest.raises(InvalidState, match="cannot delete a deleted container"):
-            await STATES["deleted"].delete(None)  # type: ignore[arg-type]
+            await STATES["deleted"].delete(Init())  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot pause a stopped container"):
+            await STATES["stopped"].pause(Init())  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot resume a running exec process"):
+            await STATES["running"].resume(Exec())  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot exec in a paused container"):
+            STATES["paused"].check_exec(Init())  # type: ignore[arg-type]
 
     asyncio.run(go())
 

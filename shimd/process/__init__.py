@@ -1,7 +1,7 @@
 """Process states: one class per state, each implementing only what that state allows; transitions in one table.
 
-The base class refuses everything with a typed InvalidState that names the operation and the state, so "cannot
-start a stopped container" is said in exactly one place.
+The base class refuses everything with a typed InvalidState naming the operation, the state and the kind of
+process ("cannot pause a stopped container", "cannot kill a stopped exec process"), in exactly one place.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from shimproto.errors import InvalidState
 from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
-    from ..container import Container
+    from .process import Process
 
 DELETED = "deleted"
 
@@ -29,61 +29,92 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 
-def next_state(state: str, event: str) -> str:
+def next_state(state: str, event: str, noun: str = "container") -> str:
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:
-        raise InvalidState(f"cannot {event} a {state} container") from None
+        raise InvalidState(f"cannot {event} a {state} {noun}") from None
 
 
 class State:
     name = ""
 
-    def _refuse(self, op: str) -> InvalidState:
-        return InvalidState(f"cannot {op} a {self.name} container")
+    def _refuse(self, p: Process, op: str) -> InvalidState:
+        return InvalidState(f"cannot {op} a {self.name} {p.noun}")
 
-    async def start(self, c: Container) -> None:
-        raise self._refuse("start")
+    async def start(self, p: Process) -> None:
+        raise self._refuse(p, "start")
 
-    async def kill(self, c: Container, sig: int, all: bool) -> None:
-        raise self._refuse("kill")
+    async def kill(self, p: Process, sig: int, all: bool) -> None:
+        raise self._refuse(p, "kill")
 
-    async def delete(self, c: Container) -> None:
-        raise self._refuse("delete")
+    async def pause(self, p: Process) -> None:
+        raise self._refuse(p, "pause")
+
+    async def resume(self, p: Process) -> None:
+        raise self._refuse(p, "resume")
+
+    async def delete(self, p: Process) -> None:
+        raise self._refuse(p, "delete")
+
+    def check_exec(self, p: Process) -> None:
+        """May a new exec process join this (init) process's container?"""
+        raise InvalidState(f"cannot exec in a {self.name} container")
+
+    def check_io(self, p: Process, op: str) -> None:
+        raise self._refuse(p, op)
 
 
 class Created(State):
     name = CREATED
 
-    async def start(self, c: Container) -> None:
-        await c.do_start()
+    async def start(self, p: Process) -> None:
+        await p.do_start()
 
-    async def kill(self, c: Container, sig: int, all: bool) -> None:
-        await c.do_kill(sig, all)
+    async def kill(self, p: Process, sig: int, all: bool) -> None:
+        await p.do_kill(sig, all)
 
-    async def delete(self, c: Container) -> None:
-        await c.do_delete(force=True)
+    async def delete(self, p: Process) -> None:
+        await p.do_delete()
+
+    def check_io(self, p: Process, op: str) -> None:
+        pass
 
 
 class Running(State):
     name = RUNNING
 
-    async def kill(self, c: Container, sig: int, all: bool) -> None:
-        await c.do_kill(sig, all)
+    async def kill(self, p: Process, sig: int, all: bool) -> None:
+        await p.do_kill(sig, all)
+
+    async def pause(self, p: Process) -> None:
+        await p.do_pause()
+
+    def check_exec(self, p: Process) -> None:
+        pass
+
+    def check_io(self, p: Process, op: str) -> None:
+        pass
 
 
 class Paused(State):
     name = PAUSED
 
-    async def kill(self, c: Container, sig: int, all: bool) -> None:
-        await c.do_kill(sig, all)
+    async def kill(self, p: Process, sig: int, all: bool) -> None:
+        await p.do_kill(sig, all)
+
+    async def resume(self, p: Process) -> None:
+        await p.do_resume()
+
+    def check_io(self, p: Process, op: str) -> None:
+        pass
 
 
 class Stopped(State):
     name = STOPPED
 
-    async def delete(self, c: Container) -> None:
-        await c.do_delete(force=False)
+    async def delete(self, p: Process) -> None:
+        await p.do_delete()
 
 
 class Deleted(State):
