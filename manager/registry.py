@@ -140,6 +140,8 @@ class Manager:
             "bundle": st.get("bundle", os.path.join(self.store.shim_dir(e.id), "bundle")),
             "log_path": self.store.log_path(e.id),
             "auto_remove": m.auto_remove,
+            "terminal": bool(st.get("terminal")),
+            "execs": st.get("execs", []),
         }
         if "error" in st:
             out["error"] = st["error"]

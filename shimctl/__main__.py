@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
+import threading
 
-from shimproto.errors import ShimdError, Unavailable
+from shimproto.errors import InvalidState, ShimdError, Unavailable
 from shimproto.rpc import Client
+
+from . import term
 
 DEFAULT_ADDRESS = "/run/shimd/shimd.sock"
 POLL = 20.0  # seconds a long-poll (wait, logs -f) may take on the manager's side
@@ -58,7 +62,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
     p.add_argument("--memory", type=parse_size, help="memory limit, e.g. 64m")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
+
+    p = sub.add_parser("exec", help="run a process in a running container")
+    p.add_argument("-d", "--detach", action="store_true", help="do not wait; its output is discarded")
+    p.add_argument("-i", "--interactive", action="store_true", help="send our stdin to it")
+    p.add_argument("-t", "--tty", action="store_true", help="give it a terminal")
+    p.add_argument("-e", "--env", action="append", default=[], help="environment variable NAME=VALUE")
+    p.add_argument("-w", "--workdir", default="", help="working directory inside the container")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD ...")
+
+    p = sub.add_parser("attach", help="stream a container's output from now on and send it our stdin")
+    p.add_argument("--no-stdin", action="store_true", help="do not send our stdin")
+    p.add_argument("id", metavar="ID")
+    for verb, text in (("pause", "freeze every process of containers"), ("unpause", "thaw paused containers")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("update", help="change resource limits of a running container")
+    p.add_argument("--memory", type=parse_size, help="memory limit, e.g. 64m")
+    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("id", metavar="ID")
+    p = sub.add_parser("stats", help="CPU, memory and pids of containers (one sample)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("top", help="the processes of a container")
+    p.add_argument("id", metavar="ID")
 
     p = sub.add_parser("start", help="start a created container")
     p.add_argument("id")
@@ -113,18 +146,84 @@ class Cli:
             raise Usage("run needs an IMAGE or --rootfs DIR")
         params = {"id": a.name, "image": image, "rootfs": os.path.abspath(a.rootfs) if a.rootfs else "",
                   "args": cmd or ["sh"], "env": _env(a.env), "cwd": a.workdir, "memory_limit": a.memory,
-                  "pids_limit": a.pids_limit}
+                  "pids_limit": a.pids_limit, "tty": a.tty, "stdin": a.interactive, **_log_opts(a.log_opt)}
         if a.detach:
             info = self.call("create", {**params, "start": True, "auto_remove": a.rm}, timeout=60)
             print(info["id"])  # type: ignore[index]
             return 0
         info = self.call("create", {**params, "start": True}, timeout=60)
         id = info["id"]  # type: ignore[index]
-        self._stream_logs(id, follow=True)
-        code = self._wait(id)
+        try:
+            code = self._attach(id, "", 0, stdin=a.interactive, tty=a.tty)
+        except ShimdError as e:
+            raise RunError(e.message) from None
         if a.rm:
             self.call("delete", {"id": id, "force": True})
         return code
+
+    def exec(self, a: argparse.Namespace) -> int:
+        cmd = list(a.args)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            raise Usage("exec needs a command")
+        exec_id = secrets.token_hex(6)
+        self.call("exec", {"id": a.id, "exec_id": exec_id, "args": cmd, "env": _env(a.env), "cwd": a.workdir,
+                           "tty": a.tty, "stdin": a.interactive, "detach": a.detach}, timeout=60)
+        if a.detach:
+            return 0
+        try:
+            return self._attach(a.id, exec_id, 0, stdin=a.interactive, tty=a.tty)
+        finally:
+            try:
+                self.call("delete", {"id": a.id, "exec_id": exec_id})
+            except ShimdError:
+                pass
+
+    def attach(self, a: argparse.Namespace) -> int:
+        info = self.call("inspect", {"id": a.id})
+        if info["status"] != "running":  # type: ignore[index]
+            raise InvalidState(f"cannot attach to a {info['status']} container")  # type: ignore[index]
+        return self._attach(a.id, "", -1, stdin=not a.no_stdin, tty=bool(info.get("terminal")))  # type: ignore
+
+    def pause(self, a: argparse.Namespace) -> int:
+        return self._each(a.ids, lambda id: self.call("pause", {"id": id}))
+
+    def unpause(self, a: argparse.Namespace) -> int:
+        return self._each(a.ids, lambda id: self.call("unpause", {"id": id}))
+
+    def update(self, a: argparse.Namespace) -> int:
+        if a.memory is None and a.pids_limit is None:
+            raise Usage("update needs --memory or --pids-limit")
+        self.call("update", {"id": a.id, "memory_limit": a.memory, "pids_limit": a.pids_limit})
+        print(a.id)
+        return 0
+
+    def stats(self, a: argparse.Namespace) -> int:
+        rows, rc = [], 0
+        for id in a.ids:
+            try:
+                rows.append({"id": id, **self.call("stats", {"id": id})})  # type: ignore[dict-item]
+            except ShimdError as e:
+                print(f"shimctl: {e.message}", file=sys.stderr)
+                rc = 1
+        if a.format == "json":
+            print(json.dumps(rows, indent=1))
+            return rc
+        fmt = "{:<20} {:>12} {:>12} {:>12} {:>6} {:>8}"
+        print(fmt.format("CONTAINER ID", "CPU (s)", "MEM USAGE", "MEM LIMIT", "PIDS", "OOM"))
+        for r in rows:
+            print(fmt.format(r["id"], f"{r['cpu_ns'] / 1e9:.3f}", _human(r["memory_bytes"]),
+                             _human(r["memory_limit"]), r["pids"], r["oom_kills"]))
+        return rc
+
+    def top(self, a: argparse.Namespace) -> int:
+        rows = self.call("top", {"id": a.id})
+        fmt = "{:<8} {:<8} {}"
+        print(fmt.format("PID", "PPID", "CMD"))
+        for r in rows:  # type: ignore[union-attr]
+            print(fmt.format(r["pid"], r["ppid"], r["cmd"]))
+        return 0
 
     def start(self, a: argparse.Namespace) -> int:
         self.call("start", {"id": a.id}, timeout=60)
@@ -191,18 +290,17 @@ class Cli:
                 rc = 1
         return rc
 
-    def _wait(self, id: str) -> int:
+    def _wait(self, id: str, exec_id: str = "") -> int:
         while True:
-            res = self.call("wait", {"id": id, "timeout": POLL}, timeout=POLL + 15)
+            res = self.call("wait", {"id": id, "exec_id": exec_id, "timeout": POLL}, timeout=POLL + 15)
             if res["exited"]:  # type: ignore[index]
                 return int(res["exit_code"])  # type: ignore[index]
 
-    def _stream_logs(self, id: str, follow: bool) -> None:
-        cursor = 0
+    def _stream_logs(self, id: str, follow: bool, exec_id: str = "", cursor: int = 0) -> None:
         outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         while True:
-            res = self.call("logs", {"id": id, "cursor": cursor, "follow": follow, "timeout": POLL},
-                            timeout=POLL + 15)
+            res = self.call("logs", {"id": id, "exec_id": exec_id, "cursor": cursor, "follow": follow,
+                                     "timeout": POLL}, timeout=POLL + 15)
             for stream, data in res["records"]:  # type: ignore[index]
                 out = outs.get(stream, sys.stdout.buffer)
                 out.write(data)
@@ -210,6 +308,67 @@ class Cli:
             cursor = res["cursor"]  # type: ignore[index]
             if res["eof"]:  # type: ignore[index]
                 return
+
+    def _attach(self, id: str, exec_id: str, cursor: int, stdin: bool, tty: bool) -> int:
+        """Stream the process's output (from cursor) until it exits, feeding it our stdin; its exit code."""
+        control = Client(self.address)  # resize and stdin get their own sockets: the main one is mid-call
+        if stdin:
+            threading.Thread(target=_pump_stdin, args=(self.address, id, exec_id), daemon=True).start()
+        resize = (lambda rows, cols: control.call("resize", {"id": id, "exec_id": exec_id, "rows": rows,
+                                                             "cols": cols})) if tty else (lambda r, c: None)
+        with term.raw(resize) if tty and stdin else _nothing():
+            self._stream_logs(id, True, exec_id, cursor)
+        return self._wait(id, exec_id)
+
+
+def _pump_stdin(address: str, id: str, exec_id: str) -> None:
+    """Copy our stdin to the process until EOF, then close its stdin. Runs in its own thread and socket."""
+    c = Client(address)
+    fd = sys.stdin.fileno()
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            c.call("write_stdin", {"id": id, "exec_id": exec_id, "data": data}, timeout=60)
+        c.call("close_stdin", {"id": id, "exec_id": exec_id})
+    except (ShimdError, OSError):
+        pass  # the process is gone or never took stdin: output and exit code still arrive on the main path
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _human(n: int) -> str:
+    if n >= 1 << 60:  # the kernel's "no limit"
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _log_opts(opts: list[str]) -> dict:
+    out: dict = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key == "max-size" and sep:
+            out["log_max_size"] = parse_size(value)
+        elif key == "max-file" and sep and value.isdigit() and int(value) >= 2:
+            out["log_max_files"] = int(value)
+        else:
+            raise Usage(f"invalid --log-opt {opt!r} (max-size=SIZE, max-file=N with N >= 2)")
+    return out
+
+
+class RunError(ShimdError):
+    """A failure after the container started: not run's own 125."""
 
 
 def _env(items: list[str]) -> list[str]:
@@ -234,9 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     except Usage as e:
         print(f"shimctl: {e}", file=sys.stderr)
         return 125 if a.cmd == "run" else 2
+    except RunError as e:
+        print(f"shimctl: {e.message}", file=sys.stderr)
+        return 1
     except ShimdError as e:
         print(f"shimctl: {e.message}", file=sys.stderr)
         return 125 if a.cmd == "run" else 1
+    except argparse.ArgumentTypeError as e:
+        print(f"shimctl: {e}", file=sys.stderr)
+        return 125 if a.cmd == "run" else 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from shimproto.wire import Params
 
 from ..registry import Manager
-from . import create, delete, inspect, kill, list, logs, ping, start, wait
+from . import create, delete, exec, inspect, kill, list, logs, ping, proxy, start, wait
 
-MODULES = (create, start, list, inspect, kill, wait, logs, delete, ping)
+MODULES = (create, start, list, inspect, kill, wait, logs, delete, ping, exec)
 
 
 def handlers(m: Manager) -> dict[str, Callable[[Params], Awaitable[object]]]:
@@ -21,4 +21,8 @@ def handlers(m: Manager) -> dict[str, Callable[[Params], Awaitable[object]]]:
             return await mod.handle(m, p)
         return h
 
-    return {mod.NAME: bind(mod) for mod in MODULES}
+    table = {mod.NAME: bind(mod) for mod in MODULES}
+    for name in proxy.ROUTES:
+        fn = proxy.handler(name)
+        table[name] = (lambda f: (lambda p: f(m, p)))(fn)
+    return table

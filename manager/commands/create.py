@@ -1,4 +1,5 @@
-"""create {id?, image? | rootfs?, args, env?, cwd?, auto_remove?, start?, memory_limit?, pids_limit?} -> inspect
+"""create {id?, image? | rootfs?, args, env?, cwd?, auto_remove?, start?, memory_limit?, pids_limit?, tty?, stdin?,
+log_max_size?, log_max_files?} -> inspect
 
 Makes a container: validates the request, writes its metadata, launches its shim and has the shim create it (and
 start it when start is true). On any failure everything made so far is undone: no metadata, shim or mount is left.
@@ -68,6 +69,8 @@ async def handle(m: Manager, p: Params) -> dict:
                 "lower": lower, "upper": upper, "work": work, "log_path": m.store.log_path(id),
                 "args": args, "env": meta.env, "cwd": meta.cwd, "hostname": id[:63],
                 "cgroups_path": f"/shimd/{id}", "memory_limit": memory, "pids_limit": pids,
+                "terminal": p.bool("tty"), "stdin": p.bool("stdin"),
+                "log_max_size": p.int("log_max_size", 0), "log_max_files": p.int("log_max_files", 5),
             }, timeout=30.0)
         except BaseException:
             await _undo(m, e)

@@ -1,6 +1,7 @@
-"""delete {id, force?} -> {exit}: remove a container. A running one is refused unless force, which kills it
-first (SIGKILL) and waits for its exit. The shim deletes the runtime's container, unmounts the writable root and
-exits; then the manager removes the metadata, the log and the writable layer. Errors: not_found, invalid_state."""
+"""delete {id, force?, exec_id?} -> {exit}: remove a container (with exec_id: one of its stopped exec processes).
+
+A running container is refused unless force, which kills it first (SIGKILL) and waits for its exit. The shim
+deletes the runtime's container, unmounts the writable root and exits; then the manager removes the metadata, the log and the writable layer. Errors: not_found, invalid_state."""
 
 from __future__ import annotations
 
@@ -50,4 +51,7 @@ async def remove(m: Manager, e: Entry, force: bool) -> dict | None:
 
 async def handle(m: Manager, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
+    exec_id = p.str("exec_id", "")
+    if exec_id:  # only that exec process's record and output
+        return await m.call(e, "delete", {"exec_id": exec_id})  # type: ignore[return-value]
     return {"exit": await remove(m, e, p.bool("force"))}

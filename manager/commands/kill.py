@@ -1,4 +1,4 @@
-"""kill {id, signal?, all?} -> null: send a signal (default SIGKILL, as docker kill) to the init, or to every
+"""kill {id, signal?, all?, exec_id?} -> null: send a signal (default SIGKILL, as docker kill) to the init, or to every
 process of the container with all. Errors: not_found, invalid_argument (unknown signal), invalid_state (not
 running)."""
 
@@ -15,4 +15,4 @@ NAME = "kill"
 async def handle(m: Manager, p: Params) -> None:
     e = m.get(p.str("id", required=True))
     sig = parse_signal(p.raw.get("signal", "KILL"))
-    await m.call(e, "kill", {"signal": sig, "all": p.bool("all")})
+    await m.call(e, "kill", {"signal": sig, "all": p.bool("all"), "exec_id": p.str("exec_id", "")})
