@@ -1,7 +1,8 @@
 """delete {id, force?, exec_id?} -> {exit}: remove a container (with exec_id: one of its stopped exec processes).
 
 A running container is refused unless force, which kills it first (SIGKILL) and waits for its exit. The shim
-deletes the runtime's container, unmounts the writable root and exits; then the manager removes the metadata, the log and the writable layer. Errors: not_found, invalid_state."""
+deletes the runtime's container, unmounts the writable root and exits; then the manager removes the metadata, the
+log and the writable layer. Errors: not_found, invalid_state."""
 
 from __future__ import annotations
 
