@@ -5,28 +5,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 
-from .daemon import AlreadyRunning, Config, serve
+from .config import ConfigError, load
+from .daemon import AlreadyRunning, serve
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="shimd-manager", description="the shimd container manager")
-    ap.add_argument("--root", default="/var/lib/shimd", help="persistent state (default %(default)s)")
-    ap.add_argument("--state", default="/run/shimd", help="runtime state and the API socket (default %(default)s)")
-    ap.add_argument("--runtime", default="runc", help="OCI runtime binary (default %(default)s)")
+    ap.add_argument("--config", default=None, help="TOML configuration (default /etc/shimd/config.toml if present)")
+    ap.add_argument("--root", default=None, help="persistent state (default /var/lib/shimd)")
+    ap.add_argument("--state", default=None, help="runtime state and the API socket (default /run/shimd)")
+    ap.add_argument("--runtime", default=None, help="OCI runtime binary (default runc)")
     ap.add_argument("--debug", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    cfg = Config(root=os.path.abspath(a.root), state=os.path.abspath(a.state), runtime=a.runtime)
     try:
+        cfg = load(a.config, {"root": a.root, "state": a.state, "runtime": a.runtime})
         return asyncio.run(serve(cfg))
-    except AlreadyRunning as e:
-        print(f"shimd-manager: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except (AlreadyRunning, ConfigError, OSError, KeyError) as e:
         print(f"shimd-manager: {e}", file=sys.stderr)
         return 1
 

@@ -1,17 +1,18 @@
 """The manager process: pid file, API socket, restore, sd_notify, signals.
 
 Start-up order: refuse if another manager serves this state dir; bind the API socket; restore (reattach to every
-shim); only then READY=1. SIGTERM/SIGINT: STOPPING=1, stop serving, exit 0, leaving every shim and container
-running (live-restore).
+shim, finish or undo what a killed manager left half done); only then READY=1 with a STATUS line. WATCHDOG=1 pings
+at half the interval systemd asks for. SIGTERM/SIGINT: STOPPING=1, stop serving, exit 0, leaving every shim and
+container running (live-restore).
 """
 
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import signal
-from dataclasses import dataclass
 
 import psutil
 import zmq.asyncio
@@ -19,25 +20,11 @@ import zmq.asyncio
 from shimproto.rpc import Server
 
 from .commands import handlers
+from .config import Config
 from .registry import Manager
 from .store import Store
 
 log = logging.getLogger("shimd.manager")
-
-
-@dataclass
-class Config:
-    root: str = "/var/lib/shimd"
-    state: str = "/run/shimd"
-    runtime: str = "runc"
-
-    @property
-    def socket(self) -> str:
-        return os.path.join(self.state, "shimd.sock")
-
-    @property
-    def pid_file(self) -> str:
-        return os.path.join(self.state, "shimd.pid")
 
 
 class AlreadyRunning(Exception):
@@ -52,8 +39,8 @@ def _claim_pid_file(path: str) -> None:
         pid = 0
     if pid and pid != os.getpid():
         try:
-            cmd = " ".join(psutil.Process(pid).cmdline())
-            if "manager" in cmd or "shimd-manager" in cmd:
+            p = psutil.Process(pid)
+            if p.status() != psutil.STATUS_ZOMBIE and "manager" in " ".join(p.cmdline()):
                 raise AlreadyRunning(f"another shimd-manager (pid {pid}) serves {os.path.dirname(path)}")
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
@@ -70,30 +57,45 @@ def _notify(msg: str) -> None:
         sdnotify.SystemdNotifier().notify(msg)
 
 
+async def _watchdog(interval: float) -> None:
+    while True:
+        _notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 async def serve(cfg: Config) -> int:
     store = Store(cfg.root, cfg.state)
     _claim_pid_file(cfg.pid_file)
     ctx = zmq.asyncio.Context()
-    m = Manager(ctx, store, cfg.runtime)
-    server = Server(ctx, cfg.socket, handlers(m), log)
-    serving = asyncio.create_task(server.serve())
-    await m.restore()
+    m = Manager(ctx, store, cfg.runtime, cfg.defaults)
+    mode = 0o600
+    server = Server(ctx, cfg.socket, handlers(m), log, mode=mode)
+    if cfg.socket_group:
+        os.chown(cfg.socket, 0, grp.getgrnam(cfg.socket_group).gr_gid)
+        os.chmod(cfg.socket, 0o660)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _notify(f"READY=1\nSTATUS=serving {len(m.entries)} containers\nMAINPID={os.getpid()}")
+    tasks = []
+    usec = os.environ.get("WATCHDOG_USEC")
+    if usec and usec.isdigit() and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
+        tasks.append(asyncio.create_task(_watchdog(int(usec) / 2e6)))
+    counts = await m.restore()
+    serving = asyncio.create_task(server.serve())
+    _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
+            f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "
+            f"rolled back, {counts['rolled_forward']} deletes finished)")
     log.info("serving on %s (root %s, state %s)", cfg.socket, cfg.root, cfg.state)
     await stop.wait()
     _notify("STOPPING=1")
     log.info("stopping; containers and shims keep running")
     serving.cancel()
-    for t in list(m.tasks):
+    for t in [*tasks, *m.tasks]:
         t.cancel()
     server.close()
-    for e in m.entries.values():
-        if e.client is not None:
-            e.client.close()
+    for e in list(m.entries.values()):
+        m.disconnect(e)
     ctx.term()
     try:
         os.unlink(cfg.pid_file)

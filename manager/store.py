@@ -29,6 +29,11 @@ class Meta:
     auto_remove: bool = False
     memory_limit: int | None = None
     pids_limit: int | None = None
+    tty: bool = False
+    stdin: bool = False
+    log_max_size: int = 0
+    log_max_files: int = 5
+    intent: str = ""  # "create" or "delete" while one is under way: see registry.restore
 
 
 class Store:
@@ -65,19 +70,21 @@ class Store:
                 continue
             try:
                 raw = read_json(os.path.join(self.containers, name, "meta.json"))
-                out.append(Meta(**raw))  # type: ignore[arg-type]
-            except (FileNotFoundError, ValueError, TypeError):
+                known = {k: v for k, v in raw.items() if k in Meta.__dataclass_fields__}  # type: ignore[union-attr]
+                out.append(Meta(**known))
+            except FileNotFoundError:  # a create that died before its metadata: nothing else was made
+                shutil.rmtree(os.path.join(self.containers, name), ignore_errors=True)
+            except (ValueError, TypeError, AttributeError):
                 continue
         return out
 
     def remove(self, id: str) -> None:
-        """Remove everything the manager keeps for id; meta.json goes last so a crash leaves it findable."""
-        d = self.dir(id)
-        for name in ("fs", "container.log"):
-            p = os.path.join(d, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p, ignore_errors=True)
-            elif os.path.exists(p):
-                os.unlink(p)
-        shutil.rmtree(d, ignore_errors=True)
+        """Remove everything kept for id; meta.json goes last, so a crash midway leaves it findable."""
         shutil.rmtree(self.shim_dir(id), ignore_errors=True)
+        d = self.dir(id)
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if name != "meta.json":
+                    p = os.path.join(d, name)
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+        shutil.rmtree(d, ignore_errors=True)

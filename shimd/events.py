@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 
-import msgpack
+from shimproto import journal
 
 TYPES = ("create", "start", "exec-added", "exec-started", "exit", "oom", "paused", "resumed", "delete")
 
@@ -21,16 +21,9 @@ class Journal:
     def __init__(self, path: str, container_id: str) -> None:
         self.path = path
         self.id = container_id
-        self.events: list[dict] = self._load()
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.events: list[dict] = journal.load(path)
+        self.fd = journal.open_append(path)
         self._changed = asyncio.Event()
-
-    def _load(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                return [e for e in msgpack.Unpacker(f, raw=False) if isinstance(e, dict)]
-        except (FileNotFoundError, ValueError, msgpack.UnpackException):
-            return []
 
     @property
     def seq(self) -> int:
@@ -40,8 +33,7 @@ class Journal:
         assert type in TYPES, type
         ev = {"seq": self.seq + 1, "type": type, "id": self.id, "exec_id": exec_id, "time": time.time_ns(),
               **data}
-        rec = msgpack.packb(ev, use_bin_type=True)
-        os.write(self.fd, rec)  # one write: a process crash never leaves half a record
+        journal.append(self.fd, ev)
         self.events.append(ev)
         self._changed.set()
         self._changed = asyncio.Event()

@@ -135,11 +135,16 @@ class ShimService:
         self.c.reopen_log()
 
     async def delete(self, p: Params) -> dict:
+        """Delete the container (or one exec process). For the container the reply also carries the journal's
+        events after `since`, the delete event included: the shim and its journal are gone after this reply."""
         exec_id = p.str("exec_id", "")
+        since = p.int("since", 0)
         exit = await self.c.delete(exec_id)
+        out: dict = {"exit": exit.to_wire() if exit else None}
         if not exec_id:
+            out["events"] = self.c.journal.since(since, limit=1 << 30)
             self.stop.set()  # nothing left to own: the shim exits once this reply is out
-        return {"exit": exit.to_wire() if exit else None}
+        return out
 
     async def shutdown(self, p: Params) -> None:
         """Exit the shim. Refused while it still owns a container, unless force (the container is then killed)."""

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from shimproto.wire import Params
 
 from ..registry import Manager
-from . import create, delete, exec, inspect, kill, list, logs, ping, proxy, start, wait
+from . import create, delete, events, exec, inspect, kill, list, logs, ping, proxy, start, stop, wait
 
-MODULES = (create, start, list, inspect, kill, wait, logs, delete, ping, exec)
+MODULES = (create, start, list, inspect, kill, wait, logs, delete, ping, exec, events, stop)
 
 
 def handlers(m: Manager) -> dict[str, Callable[[Params], Awaitable[object]]]:

@@ -1,10 +1,11 @@
 """create {id?, image? | rootfs?, args, env?, cwd?, auto_remove?, start?, memory_limit?, pids_limit?, tty?, stdin?,
 log_max_size?, log_max_files?} -> inspect
 
-Makes a container: validates the request, writes its metadata, launches its shim and has the shim create it (and
-start it when start is true). On any failure everything made so far is undone: no metadata, shim or mount is left.
-Errors: invalid_argument (bad id, no command, rootfs not a directory, both/neither image and rootfs),
-already_exists (id in use), not_found (unknown image), runtime_failed (runc refused).
+Makes a container: validates the request, writes its metadata with a create intent, launches its shim, has the
+shim create it (and start it when start is true), then clears the intent. On failure everything made so far is
+undone; if the manager dies midway, the next one rolls the create back (see registry.restore). Errors:
+invalid_argument (bad id, no command, rootfs not a directory, both/neither image and rootfs), already_exists (id in
+use), not_found (unknown image), runtime_failed (runc refused).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from shimproto.errors import AlreadyExists, InvalidArgument, ShimdError
 from shimproto.model import check_id
 from shimproto.wire import Params
 
-from .. import images
+from .. import faults, images
 from ..registry import Entry, Manager
 from ..store import Meta
 
@@ -40,63 +41,77 @@ def _lower(m: Manager, p: Params) -> tuple[str, str]:
     return image, images.resolve(m.store.root, image)
 
 
-async def handle(m: Manager, p: Params) -> dict:
-    id = p.str("id", "") or secrets.token_hex(6)
-    check_id(id)
+def _meta(m: Manager, p: Params, id: str) -> Meta:
     args = p.strlist("args", required=True)
     if not args:
         raise InvalidArgument("no command given for the container")
-    memory = p.int("memory_limit")
-    pids = p.int("pids_limit")
+    memory, pids = p.int("memory_limit"), p.int("pids_limit")
     if memory is not None and memory < 4 * 1024 * 1024:
         raise InvalidArgument(f"memory limit {memory} is below the minimum of 4 MiB")
     if pids is not None and pids < 1:
         raise InvalidArgument(f"pids limit {pids} must be at least 1")
+    log_size, log_files = p.int("log_max_size", m.defaults.log_max_size), p.int("log_max_files",
+                                                                                m.defaults.log_max_files)
+    if log_size < 0 or log_files < 2:
+        raise InvalidArgument("log max-size must be >= 0 and max-file >= 2")
+    image, lower = _lower(m, p)
+    return Meta(id=id, args=args, lower=lower, image=image, env=p.strlist("env"), cwd=p.str("cwd", "/"),
+                created_at=time.time_ns(), auto_remove=p.bool("auto_remove"), memory_limit=memory,
+                pids_limit=pids, tty=p.bool("tty"), stdin=p.bool("stdin"), log_max_size=log_size,
+                log_max_files=log_files, intent="create")
+
+
+async def handle(m: Manager, p: Params) -> dict:
+    id = p.str("id", "") or secrets.token_hex(6)
+    check_id(id)
     if id in m.entries or id in m.reserved or os.path.exists(m.store.dir(id)):
         raise AlreadyExists(f"container name {id!r} is already in use")
     m.reserved.add(id)
     try:
-        image, lower = _lower(m, p)
-        meta = Meta(id=id, args=args, lower=lower, image=image, env=p.strlist("env"), cwd=p.str("cwd", "/"),
-                    created_at=time.time_ns(), auto_remove=p.bool("auto_remove"),
-                    memory_limit=memory, pids_limit=pids)
-        e = Entry(meta)
+        meta = _meta(m, p, id)
+        e = Entry(meta, busy="create")
         m.store.save(meta)
+        faults.point("create:intent")
         try:
             await m.launch_shim(e)
+            faults.point("create:launched")
             upper, work = m.store.fs(id)
             await m.call(e, "create", {
-                "lower": lower, "upper": upper, "work": work, "log_path": m.store.log_path(id),
-                "args": args, "env": meta.env, "cwd": meta.cwd, "hostname": id[:63],
-                "cgroups_path": f"/shimd/{id}", "memory_limit": memory, "pids_limit": pids,
-                "terminal": p.bool("tty"), "stdin": p.bool("stdin"),
-                "log_max_size": p.int("log_max_size", 0), "log_max_files": p.int("log_max_files", 5),
+                "lower": meta.lower, "upper": upper, "work": work, "log_path": m.store.log_path(id),
+                "args": meta.args, "env": meta.env, "cwd": meta.cwd, "hostname": id,
+                "cgroups_path": f"/shimd/{id}", "memory_limit": meta.memory_limit, "pids_limit": meta.pids_limit,
+                "terminal": meta.tty, "stdin": meta.stdin, "log_max_size": meta.log_max_size,
+                "log_max_files": meta.log_max_files,
             }, timeout=30.0)
+            faults.point("create:created")
+            if p.bool("start"):
+                await m.call(e, "start", timeout=30.0)
+                faults.point("create:started")
+            meta.intent = ""
+            m.store.save(meta)
         except BaseException:
             await _undo(m, e)
             raise
         m.entries[id] = e
+        e.busy = ""
     finally:
         m.reserved.discard(id)
-    if p.bool("start"):
-        from .start import start
-
-        try:
-            await start(m, e)
-        except ShimdError:
-            from .delete import remove
-
-            await remove(m, e, force=True)
-            raise
+    m.start_pump(e)
+    if meta.auto_remove and p.bool("start"):
+        m.watch_auto_remove(e)
     return await m.inspect(e)
 
 
 async def _undo(m: Manager, e: Entry) -> None:
-    """Take back a half-made container: stop its shim (which unmounts what it mounted), drop the metadata."""
+    """Take back a half-made container: the shim kills and deletes what it made and exits; drop the metadata."""
     if e.client is not None:
         try:
-            await e.client.call("shutdown", {"force": True}, timeout=10.0)
+            await e.client.call("shutdown", {"id": e.id, "force": True}, timeout=30.0)
         except ShimdError as err:
             log.warning("[%s] undo create: shim shutdown: %s", e.id, err)
-            await m.mark_lost(e)
-    await m.forget(e)
+    m.disconnect(e)
+    from .. import launcher
+
+    await launcher.cleanup_dead(e.id, m.store.shim_dir(e.id), m.runtime, m.store.runc_root)
+    e.removed = True
+    m.store.remove(e.id)

@@ -1,18 +1,21 @@
 """delete {id, force?, exec_id?} -> {exit}: remove a container (with exec_id: one of its stopped exec processes).
 
-A running container is refused unless force, which kills it first (SIGKILL) and waits for its exit. The shim
-deletes the runtime's container, unmounts the writable root and exits; then the manager removes the metadata, the
-log and the writable layer. Errors: not_found, invalid_state."""
+A running container is refused unless force, which kills it first (SIGKILL) and waits for its exit. The manager
+writes a delete intent, the shim deletes the runtime's container, unmounts the writable root and exits, then the
+manager records the delete event and removes the log, the writable layer and the metadata (last). A manager killed
+midway finishes the delete on its next start. Errors: not_found, invalid_state.
+"""
 
 from __future__ import annotations
 
 import signal
 
-from shimproto.errors import InvalidState, Unavailable
+from shimproto.errors import InvalidState, ShimdError, Unavailable
 from shimproto.model import CREATED, STOPPED
 from shimproto.wire import Params
 
-from ..registry import Entry, Manager
+from .. import faults
+from ..registry import Entry, Manager, _wait_gone
 
 NAME = "delete"
 FORCE_WAIT = 10.0
@@ -22,32 +25,64 @@ async def remove(m: Manager, e: Entry, force: bool) -> dict | None:
     async with e.lock:
         if e.removed:
             return None
-        exit = None
-        if e.lost_exit is None:
-            st = await m.state(e, timeout=5.0)
+        if not e.lost:
+            st = await m.fresh_state(e, timeout=5.0)
             status = st.get("status")
-            if status not in (STOPPED, CREATED) and e.lost_exit is None:
-                if st.get("empty_shim"):  # a create that never finished
-                    await m.call(e, "shutdown", {"force": True})
-                    await m.forget(e)
-                    return None
-                if not force:
-                    raise InvalidState(f"cannot remove {status} container {e.id}: stop it first or use force")
-                if status != "unknown":
-                    await m.call(e, "kill", {"signal": int(signal.SIGKILL), "all": True})
-                    res = await m.call(e, "wait", {"timeout": FORCE_WAIT}, timeout=FORCE_WAIT + 5)
-                    if not res.get("exited"):  # type: ignore[union-attr]
-                        raise Unavailable(f"container {e.id} did not exit within {FORCE_WAIT:g}s of SIGKILL")
-            if e.lost_exit is None:
-                try:
-                    exit = (await m.call(e, "delete", timeout=30.0))["exit"]  # type: ignore[index]
-                except Unavailable:
-                    if e.lost_exit is None:
-                        raise
-        if e.lost_exit is not None:
-            exit = e.lost_exit.to_wire()
-        await m.forget(e)
-        return exit
+            if status not in (STOPPED, CREATED) and not e.lost and not force and "holds no container" not in \
+                    st.get("error", ""):
+                raise InvalidState(f"cannot remove {status} container {e.id}: stop it first or use force")
+        e.meta.intent = "delete"
+        m.store.save(e.meta)
+        faults.point("delete:intent")
+        return await finish_delete(m, e)
+
+
+async def finish_delete(m: Manager, e: Entry) -> dict | None:
+    """Delete e for good: kill it if it runs, have its shim delete it (or clean up after a dead shim), then
+    remove the files. Also what a restarted manager does for a delete intent it finds."""
+    e.busy = "delete"
+    if not e.lost and e.client is not None:
+        try:
+            await _delete_in_shim(m, e)
+        except ShimdError:
+            if e.client is not None and not _gone(e):
+                e.busy = ""
+                raise
+            e.lost = True
+    if e.lost or e.client is None:
+        m.disconnect(e)
+        await m.settle_dead_shim(e)
+    faults.point("delete:shim-deleted")
+    exit = e.exit
+    m.forget(e)
+    return exit
+
+
+async def _delete_in_shim(m: Manager, e: Entry) -> None:
+    st = await m.fresh_state(e, timeout=5.0)
+    if st.get("status") not in (STOPPED, CREATED) and "holds no container" not in st.get("error", ""):
+        await m.call(e, "kill", {"signal": int(signal.SIGKILL), "all": True})
+        res = await m.call(e, "wait", {"timeout": FORCE_WAIT}, timeout=FORCE_WAIT + 5)
+        if not res.get("exited"):  # type: ignore[union-attr]
+            raise Unavailable(f"container {e.id} did not exit within {FORCE_WAIT:g}s of SIGKILL")
+        faults.point("delete:killed")
+    if "holds no container" in st.get("error", ""):
+        await m.call(e, "shutdown", {"force": True})
+    else:
+        res = await m.call(e, "delete", {"since": m.events.last_seq(e.id)}, timeout=30.0)
+        for ev in res.get("events", []):  # type: ignore[union-attr]
+            m.record(e, ev)
+        if res.get("exit") and e.exit is None:  # type: ignore[union-attr]
+            e.status.update(status=STOPPED, exit=res["exit"])  # type: ignore[index]
+    pid = e.shim_pid
+    m.disconnect(e)
+    await _wait_gone(pid, e.id)
+
+
+def _gone(e: Entry) -> bool:
+    from ..registry import shim_alive
+
+    return not shim_alive(e.shim_pid, e.id)
 
 
 async def handle(m: Manager, p: Params) -> dict:

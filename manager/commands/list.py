@@ -1,9 +1,8 @@
-"""list {all?} -> [inspect, ...]: running containers, or every container with all. Shims are asked in parallel;
-one that does not answer in time shows status "unknown" instead of holding up the list."""
+"""list {all?} -> [inspect, ...]: running (and paused) containers, or every container with all.
+
+Answered from the status the shims' events keep up to date, so a hung or slow shim never holds up the list."""
 
 from __future__ import annotations
-
-import asyncio
 
 from shimproto.model import PAUSED, RUNNING
 from shimproto.wire import Params
@@ -14,8 +13,7 @@ NAME = "list"
 
 
 async def handle(m: Manager, p: Params) -> list:
-    entries = list(m.entries.values())
-    out = await asyncio.gather(*(m.inspect(e) for e in entries))
+    out = [m.view(e, e.status) for e in m.entries.values() if not e.removed]
     if not p.bool("all"):
         out = [c for c in out if c["status"] in (RUNNING, PAUSED)]
     return sorted(out, key=lambda c: c["created_at"])

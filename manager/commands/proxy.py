@@ -8,8 +8,6 @@
 - close_stdin {id, exec_id?}: EOF on the process's stdin once what was written is delivered.
 - resize {id, exec_id?, rows, cols}: set the process's terminal size.
 - reopen_log {id}: reopen the container's log file (after an external tool rotated it).
-- events {id, since?, timeout?} -> {events: [...], seq}: the container's journal after sequence number since,
-  waiting up to timeout seconds for the next one.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ ROUTES: dict[str, tuple[str, tuple[str, ...], float]] = {
     "close_stdin": ("close_stdin", ("exec_id",), 10.0),
     "resize": ("resize", ("exec_id", "rows", "cols"), 10.0),
     "reopen_log": ("reopen_log", (), 10.0),
-    "events": ("events", ("since", "timeout"), 75.0),
 }
 
 

@@ -11,6 +11,7 @@ NAME = "start"
 
 async def start(m: Manager, e: Entry) -> None:
     await m.call(e, "start", timeout=30.0)
+    e.status.update(status="running")
     if e.meta.auto_remove:
         m.watch_auto_remove(e)
 

@@ -4,6 +4,9 @@ most timeout seconds (default 30) with exited false; the caller asks again. Erro
 
 from __future__ import annotations
 
+import asyncio
+
+from shimproto.errors import Unavailable
 from shimproto.wire import Params
 
 from ..registry import Manager
@@ -14,11 +17,20 @@ NAME = "wait"
 async def handle(m: Manager, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
     timeout = min(max(p.float("timeout", 30.0), 0.0), 60.0)
-    if e.lost_exit is None:
-        res: dict = await m.call(e, "wait", {"timeout": timeout, "exec_id": p.str("exec_id", "")},
-                                 timeout=timeout + 10.0)  # type: ignore
-    if e.lost_exit is not None:
-        res = {"exited": True, "exit": e.lost_exit.to_wire()}
+    exec_id = p.str("exec_id", "")
+    res: dict = {"exited": False}
+    if not e.lost:
+        try:
+            res = await m.call(e, "wait", {"timeout": timeout, "exec_id": exec_id},
+                               timeout=timeout + 10.0)  # type: ignore[assignment]
+        except Unavailable:
+            if not e.lost:
+                raise
+    if e.lost:
+        if exec_id:
+            raise Unavailable(f"the shim of {e.id} is gone with exec process {exec_id}")
+        await asyncio.wait_for(e.settled.wait(), timeout + 10.0)
+        res = {"exited": True, "exit": e.exit}
     if res.get("exited"):
         res["exit_code"] = res["exit"]["code"]
     return res

@@ -1,0 +1,101 @@
+"""Configuration: defaults < the TOML file (--config, default /etc/shimd/config.toml) < command-line flags.
+
+    root = "/var/lib/shimd"        # persistent state
+    state = "/run/shimd"           # runtime state and the API socket
+    runtime = "runc"               # OCI runtime binary: runc or crun (a path works too)
+    socket_group = ""              # a group whose members may use the API socket (default: root only)
+
+    [container]                    # defaults for new containers
+    log_max_size = "100m"          # rotate the log past this size (0: never)
+    log_max_files = 5              # files kept, the current one included
+    stop_timeout = 10              # seconds between SIGTERM and SIGKILL for stop
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from .registry import Defaults
+
+DEFAULT_PATH = "/etc/shimd/config.toml"
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Config:
+    root: str = "/var/lib/shimd"
+    state: str = "/run/shimd"
+    runtime: str = "runc"
+    socket_group: str = ""
+    defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.state, "shimd.sock")
+
+    @property
+    def pid_file(self) -> str:
+        return os.path.join(self.state, "shimd.pid")
+
+
+def _size(v: object, key: str) -> int:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, str):
+        t = v.strip().lower().removesuffix("b")
+        mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
+        num = t[:-1] if t[-1:] in "kmg" else t
+        try:
+            n = int(float(num) * mult)
+        except ValueError:
+            n = -1
+        if n >= 0:
+            return n
+    raise ConfigError(f"{key}: {v!r} is not a size (e.g. 100m)")
+
+
+def load(path: str | None, flags: dict) -> Config:
+    """The configuration from path (None: the default path, which may be absent) overridden by flags."""
+    cfg = Config()
+    file = path or DEFAULT_PATH
+    data: dict = {}
+    try:
+        with open(file, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(f"config file {file}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {file}: {e}") from None
+    known = {"root", "state", "runtime", "socket_group", "container"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"config file {file}: unknown keys {sorted(unknown)}")
+    for key in ("root", "state", "runtime", "socket_group"):
+        if key in data:
+            if not isinstance(data[key], str):
+                raise ConfigError(f"config file {file}: {key} must be a string")
+            setattr(cfg, key, data[key])
+    c = data.get("container", {})
+    if not isinstance(c, dict) or set(c) - {"log_max_size", "log_max_files", "stop_timeout"}:
+        raise ConfigError(f"config file {file}: [container] takes log_max_size, log_max_files, stop_timeout")
+    if "log_max_size" in c:
+        cfg.defaults.log_max_size = _size(c["log_max_size"], "container.log_max_size")
+    if "log_max_files" in c:
+        if not isinstance(c["log_max_files"], int) or c["log_max_files"] < 2:
+            raise ConfigError(f"config file {file}: container.log_max_files must be an integer >= 2")
+        cfg.defaults.log_max_files = c["log_max_files"]
+    if "stop_timeout" in c:
+        if not isinstance(c["stop_timeout"], int | float) or not 0 <= c["stop_timeout"] <= 3600:
+            raise ConfigError(f"config file {file}: container.stop_timeout must be 0..3600 seconds")
+        cfg.defaults.stop_timeout = float(c["stop_timeout"])
+    for key, value in flags.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    cfg.root, cfg.state = os.path.abspath(cfg.root), os.path.abspath(cfg.state)
+    return cfg

@@ -1,0 +1,75 @@
+"""The manager's event log: every container event, in the order the manager learned them, with a global sequence.
+
+It is the single record of what was delivered. On start the manager reads it back and asks each shim only for the
+events after the last sequence number of that container found here, so a subscriber sees every event exactly once
+however often the manager is killed. A `delete` event ends a container's incarnation: a new container with the
+same id starts again at sequence 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shimproto import journal
+
+
+class EventLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events = journal.load(path)
+        self.last: dict[str, int] = {}
+        for ev in self.events:
+            self._advance(ev)
+        self.fd = journal.open_append(path)
+        self._changed = asyncio.Event()
+
+    def _advance(self, ev: dict) -> None:
+        if ev.get("type") == "delete":
+            self.last.pop(ev["id"], None)
+        else:
+            self.last[ev["id"]] = ev["seq"]
+
+    @property
+    def gseq(self) -> int:
+        return len(self.events)
+
+    def last_seq(self, id: str) -> int:
+        return self.last.get(id, 0)
+
+    def add(self, ev: dict) -> dict | None:
+        """Record a container event unless it was recorded before; returns the stored event (with gseq)."""
+        if ev["seq"] <= self.last_seq(ev["id"]):
+            return None
+        rec = {**ev, "gseq": self.gseq + 1}
+        journal.append(self.fd, rec)
+        self.events.append(rec)
+        self._advance(rec)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return rec
+
+    def synthesize(self, id: str, type: str, **data: object) -> dict:
+        """An event the shim could not send (it is gone): numbered after the last one of the container."""
+        rec = self.add({"seq": self.last_seq(id) + 1, "type": type, "id": id, "exec_id": "",
+                        "time": time.time_ns(), "origin": "manager", **data})
+        assert rec is not None
+        return rec
+
+    def since(self, gseq: int, id: str = "", limit: int = 1000) -> list[dict]:
+        evs = self.events[max(0, gseq):]
+        if id:
+            evs = [e for e in evs if e["id"] == id]
+        return evs[:limit]
+
+    async def wait_since(self, gseq: int, id: str, timeout: float) -> list[dict]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (evs := self.since(gseq, id)):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                break
+        return evs
