@@ -3,7 +3,7 @@
 It is the single record of what was delivered. On start the manager reads it back and asks each shim only for the
 events after the last sequence number of that container found here, so a subscriber sees every event exactly once
 however often the manager is killed. A `delete` event ends a container's incarnation: a new container with the
-same id starts again at sequence 1.
+same id starts again at sequence 1 with its create event; anything else of an ended incarnation is stale.
 """
 
 from __future__ import annotations
@@ -19,27 +19,36 @@ class EventLog:
         self.path = path
         self.events = journal.load(path)
         self.last: dict[str, int] = {}
+        self.ended: set[str] = set()
         for ev in self.events:
             self._advance(ev)
         self.fd = journal.open_append(path)
         self._changed = asyncio.Event()
 
     def _advance(self, ev: dict) -> None:
+        id = ev["id"]
+        if id in self.ended:  # a create of a new incarnation (add checked that)
+            self.ended.discard(id)
+        self.last[id] = ev["seq"]
         if ev.get("type") == "delete":
-            self.last.pop(ev["id"], None)
-        else:
-            self.last[ev["id"]] = ev["seq"]
+            self.ended.add(id)
+
+    def live(self, id: str) -> bool:
+        """Has id an incarnation with events that has not ended with a delete?"""
+        return id in self.last and id not in self.ended
 
     @property
     def gseq(self) -> int:
         return len(self.events)
 
     def last_seq(self, id: str) -> int:
-        return self.last.get(id, 0)
+        return 0 if id in self.ended else self.last.get(id, 0)
 
     def add(self, ev: dict) -> dict | None:
         """Record a container event unless it was recorded before; returns the stored event (with gseq)."""
-        if ev["seq"] <= self.last_seq(ev["id"]):
+        if ev["id"] in self.ended and not (ev["type"] == "create" and ev["seq"] == 1):
+            return None
+        if ev["id"] not in self.ended and ev["seq"] <= self.last.get(ev["id"], 0):
             return None
         rec = {**ev, "gseq": self.gseq + 1}
         journal.append(self.fd, rec)

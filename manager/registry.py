@@ -273,11 +273,13 @@ class Manager:
 
     def forget(self, e: Entry) -> None:
         """Drop e once its container is gone: a delete event, then the files, then the entry."""
-        if self.events.last_seq(e.id):
+        if self.events.live(e.id):
             self.events.synthesize(e.id, "delete")
         e.removed = True
         self.disconnect(e)
-        self.store.remove(e.id)
+        self.store.remove_data(e.id)
+        faults.point("delete:files-removed")
+        self.store.remove_meta(e.id)
         self.entries.pop(e.id, None)
 
     # --- restore -------------------------------------------------------------------------------------------

@@ -79,7 +79,11 @@ class Store:
         return out
 
     def remove(self, id: str) -> None:
-        """Remove everything kept for id; meta.json goes last, so a crash midway leaves it findable."""
+        self.remove_data(id)
+        self.remove_meta(id)
+
+    def remove_data(self, id: str) -> None:
+        """Everything kept for id but its metadata, which goes last (remove_meta) so a crash leaves it findable."""
         shutil.rmtree(self.shim_dir(id), ignore_errors=True)
         d = self.dir(id)
         if os.path.isdir(d):
@@ -87,4 +91,6 @@ class Store:
                 if name != "meta.json":
                     p = os.path.join(d, name)
                     shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
-        shutil.rmtree(d, ignore_errors=True)
+
+    def remove_meta(self, id: str) -> None:
+        shutil.rmtree(self.dir(id), ignore_errors=True)

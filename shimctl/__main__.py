@@ -20,6 +20,8 @@ from . import term
 
 DEFAULT_ADDRESS = "/run/shimd/shimd.sock"
 POLL = 20.0  # seconds a long-poll (wait, logs -f) may take on the manager's side
+# calls that may be sent again after the manager was restarted under us (queries and cursor-based polls)
+IDEMPOTENT = frozenset({"list", "inspect", "wait", "logs", "events", "stats", "top", "ping"})
 
 
 class Usage(Exception):
@@ -92,6 +94,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID")
     p = sub.add_parser("top", help="the processes of a container")
     p.add_argument("id", metavar="ID")
+    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
+    p.add_argument("-t", "--time", type=float, default=None, help="seconds before SIGKILL (default: config, 10)")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("events", help="stream container events (create, start, exit, ...)")
+    p.add_argument("--since", type=int, default=None, help="replay from this global sequence number (0: all)")
+    p.add_argument("--filter-id", dest="filter_id", default="", metavar="ID", help="only this container")
+    p.add_argument("--no-follow", action="store_true", help="print what is recorded and return")
+    p.add_argument("--format", choices=["text", "json"], default="text")
 
     p = sub.add_parser("start", help="start a created container")
     p.add_argument("id")
@@ -123,14 +133,22 @@ class Cli:
     @property
     def client(self) -> Client:
         if self._client is None:
-            if not os.path.exists(self.address):
+            try:
+                os.stat(self.address)
+                allowed = os.access(self.address, os.R_OK | os.W_OK)
+            except FileNotFoundError:
                 raise Unavailable(f"cannot connect to the shimd manager at {self.address}: no such socket "
-                                  f"(is shimd-manager running?)")
+                                  f"(is shimd-manager running?)") from None
+            except PermissionError:
+                allowed = False
+            if not allowed:
+                raise Unavailable(f"permission denied on the shimd manager socket {self.address}: run as root "
+                                  f"or as a member of the group set as socket_group in the manager's config")
             self._client = Client(self.address)
         return self._client
 
     def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> object:
-        return self.client.call(method, params, timeout)
+        return self.client.call(method, params, timeout, idempotent=method in IDEMPOTENT)
 
     # --- commands ------------------------------------------------------------------------------------------
 
@@ -216,6 +234,23 @@ class Cli:
             print(fmt.format(r["id"], f"{r['cpu_ns'] / 1e9:.3f}", _human(r["memory_bytes"]),
                              _human(r["memory_limit"]), r["pids"], r["oom_kills"]))
         return rc
+
+    def stop(self, a: argparse.Namespace) -> int:
+        params = {} if a.time is None else {"timeout": a.time}
+        return self._each(a.ids, lambda id: self.call("stop", {"id": id, **params}, timeout=3700))
+
+    def events(self, a: argparse.Namespace) -> int:
+        since = a.since
+        if since is None:  # like docker events: from now on
+            since = self.call("events", {"since": 1 << 62, "timeout": 0})["seq"]  # type: ignore[index]
+        while True:
+            res = self.call("events", {"since": since, "id": a.filter_id, "timeout": 0 if a.no_follow else POLL},
+                            timeout=POLL + 15)
+            for ev in res["events"]:  # type: ignore[index]
+                print(json.dumps(ev) if a.format == "json" else _event_line(ev), flush=True)
+                since = ev["gseq"]
+            if a.no_follow and not res["events"]:  # type: ignore[index]
+                return 0
 
     def top(self, a: argparse.Namespace) -> int:
         rows = self.call("top", {"id": a.id})
@@ -342,6 +377,20 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _event_line(ev: dict) -> str:
+    from shimproto.model import rfc3339
+
+    extra = ""
+    if ev["type"] == "exit":
+        x = ev.get("exit") or {}
+        extra = f" code={x.get('code')}" + (f" reason={x['reason']}" if x.get("reason") else "") + \
+            (" oom_killed" if x.get("oom_killed") else "")
+    elif ev.get("pid"):
+        extra = f" pid={ev['pid']}"
+    who = ev["id"] + (f" exec={ev['exec_id']}" if ev.get("exec_id") else "")
+    return f"{rfc3339(ev['time'] or 0)} {ev['gseq']} {ev['type']} {who}{extra}"
 
 
 def _human(n: int) -> str:

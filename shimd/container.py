@@ -20,7 +20,7 @@ from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from shimproto.fsutil import read_json
-from shimproto.model import CREATED, ExitStatus, check_id
+from shimproto.model import CREATED, STOPPED, ExitStatus, check_id
 
 from . import cgroup
 from . import sys as _sys
@@ -267,6 +267,16 @@ class Container:
                 await init.do_kill(signal.SIGKILL, True)
                 await init.exited.wait()
             await init.delete()
+        return init.exit
+
+    async def destroy(self) -> ExitStatus | None:
+        """Kill whatever runs (SIGKILL to every process), wait for the exit, delete: shutdown with force."""
+        init = self._init()
+        if init.state.name not in (CREATED, STOPPED, "deleted"):
+            await init.do_kill(signal.SIGKILL, True)
+            await init.exited.wait()
+        if init.state.name != "deleted":
+            return await self.delete()
         return init.exit
 
     async def teardown(self) -> None:

@@ -153,5 +153,5 @@ class ShimService:
             if not p.bool("force"):
                 raise wire.InvalidState(
                     f"cannot shut down the shim of {init.state.name} container {self.c.id}; delete it")
-            await self.c.delete()
+            await self.c.destroy()
         self.stop.set()

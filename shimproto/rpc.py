@@ -167,7 +167,12 @@ class AsyncClient:
 
 
 class Client:
-    """Blocking client for the CLI: one call at a time, no event loop (keeps the CLI's start-up cheap)."""
+    """Blocking client for the CLI: one call at a time, no event loop (keeps the CLI's start-up cheap).
+
+    A socket monitor tells when the connection drops: an idempotent call (a query or a long-poll) is sent again
+    once the manager is back, so `wait` and `logs -f` carry on across a manager restart; any other call fails at
+    once with Unavailable instead of hanging until its timeout.
+    """
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.path = path
@@ -177,30 +182,59 @@ class Client:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.sock.connect(ipc_endpoint(path))
 
-    def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> object:
+    def call(self, method: str, params: dict | None = None, timeout: float | None = None,
+             idempotent: bool = False) -> object:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         rid = next(self._ids)
         data = encode({"id": rid, "method": method, "params": params or {}})
-        if not self.sock.poll(self._left(deadline), zmq.POLLOUT):
-            raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
-        self.sock.send(data)
+        self._drain_monitor()
         while True:
-            if not self.sock.poll(self._left(deadline), zmq.POLLIN):
-                raise DeadlineExceeded(f"{method}: the manager at {self.path} did not answer within {timeout:g}s")
-            msg = decode(self.sock.recv())
-            if isinstance(msg, dict) and msg.get("id") == rid:
+            if not self.sock.poll(self._left(deadline), zmq.POLLOUT):
+                raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
+            self.sock.send(data)
+            msg = self._reply(rid, method, timeout, deadline)
+            if msg is not None:
                 break
+            if not idempotent:
+                raise Unavailable(f"{method}: the manager at {self.path} went away before answering; the "
+                                  f"operation may or may not have been done")
         if "error" in msg:
             raise from_wire(msg["error"])
         return msg.get("result")
+
+    def _reply(self, rid: int, method: str, timeout: float, deadline: float) -> dict | None:
+        """The reply to rid, or None when the connection dropped first."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll(self._left(deadline)))
+            if not ready:
+                raise DeadlineExceeded(f"{method}: the manager at {self.path} did not answer within {timeout:g}s")
+            if self.sock in ready:
+                msg = decode(self.sock.recv())
+                if isinstance(msg, dict) and msg.get("id") == rid:
+                    return msg
+            if self.monitor in ready and self._drain_monitor():
+                return None
+
+    def _drain_monitor(self) -> bool:
+        dropped = False
+        while self.monitor.poll(0):
+            self.monitor.recv_multipart()
+            dropped = True
+        return dropped
 
     @staticmethod
     def _left(deadline: float) -> int:
         return max(0, int((deadline - time.monotonic()) * 1000))
 
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close(0)
         self.ctx.term()

@@ -71,8 +71,14 @@ class Env:
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **(env or {})}, cwd=REPO)
-        wait_for(lambda: self.ctl("ps", timeout=5).rc == 0 or self._died(), 15, "the manager to serve")
+        wait_for(lambda: self._serving() or self._died(), 30, "the manager to serve")
         assert self.proc.poll() is None, f"manager exited: {self.manager_log()}"
+
+    def _serving(self) -> bool:
+        try:
+            return self.ctl("ps", timeout=10).rc == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def _died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None

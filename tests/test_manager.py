@@ -1,0 +1,257 @@
+"""The manager's promise: kill it at any instant, start it again, and nothing is lost, leaked or reported twice.
+Also its daemon behaviour: events, sd_notify, configuration, access control, concurrency and hung shims."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+
+from manager.faults import POINTS
+from shimproto.errors import DeadlineExceeded
+from shimproto.rpc import Client
+from tests.harness import PY, REPO, our_processes, wait_for
+
+EXIT_ON_USR1 = "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done"
+
+
+def events(env, **kw) -> list[dict]:
+    return Client(env.sock).call("events", {"since": 0, "timeout": 0, **kw})["events"]
+
+
+def test_exit_while_the_manager_is_down_for_60s_is_reported_once_with_its_code(env):
+    id = env.name("long")
+    env.ok("run", "-d", "--name", id, "busybox", "sh", "-c", EXIT_ON_USR1)
+    wait_for(lambda: "ready" in env.ctl("logs", id).out, 10, "the trap")
+    pid = env.inspect(id)["pid"]
+    env.kill_manager()
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: not psutil.pid_exists(pid), 10, "the exit")
+    time.sleep(60)  # the scenario itself: the manager stays down for a minute (containerd drops exits after ~15s)
+    env.start_manager()
+    assert env.ok("wait", id).out.strip() == "7"
+    out = env.ok("events", "--since", "0", "--no-follow", "--format", "json").out
+    exits = [e for e in map(json.loads, out.splitlines()) if e["type"] == "exit" and e["id"] == id]
+    assert len(exits) == 1 and exits[0]["exit"]["code"] == 7
+    # a second restart replays nothing twice
+    env.kill_manager()
+    env.start_manager()
+    again = [e for e in events(env) if e["type"] == "exit" and e["id"] == id]
+    assert again == exits
+
+
+def test_events_stream_is_exactly_once_and_in_order_across_restarts(env):
+    ids = [env.name(f"e{i}") for i in range(3)]
+    seen: list[dict] = []
+    for i, id in enumerate(ids):
+        env.ok("run", "-d", "--name", id, "busybox", "sh", "-c", f"sleep {i * 0.2}; exit {i + 1}")
+        env.kill_manager()
+        env.start_manager()
+    for i, id in enumerate(ids):
+        assert env.ok("wait", id).out.strip() == str(i + 1)
+    env.kill_manager()
+    env.start_manager()
+    env.ok("rm", *ids)
+    since = 0
+    while batch := Client(env.sock).call("events", {"since": since, "timeout": 0})["events"]:
+        seen += batch
+        since = batch[-1]["gseq"]
+    assert [e["gseq"] for e in seen] == list(range(1, len(seen) + 1))
+    for id in ids:
+        mine = [(e["seq"], e["type"]) for e in seen if e["id"] == id]
+        assert [t for _, t in mine] == ["create", "start", "exit", "delete"], mine
+        assert [s for s, _ in mine] == [1, 2, 3, 4]
+
+
+def test_a_dead_shim_is_noticed_at_once_and_its_container_killed(env):
+    id = env.name("pidfd")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    info = env.inspect(id)
+    follower = subprocess.Popen([PY, "-m", "shimctl", "--address", env.sock, "events", "--format", "json",
+                                 "--filter-id", id], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # let the follower subscribe
+        t0 = time.monotonic()
+        os.kill(info["shim_pid"], signal.SIGKILL)
+        line = json.loads(follower.stdout.readline())
+        took = time.monotonic() - t0
+    finally:
+        follower.kill()
+        follower.wait()
+    assert line["type"] == "exit" and line["exit"]["reason"] == "shim-lost" and line["exit"]["code"] == 255
+    print(f"shim SIGKILL -> exit event at a client: {took * 1000:.0f} ms")
+    wait_for(lambda: not psutil.pid_exists(info["pid"]), 10, "the orphaned container to be killed")
+    assert env.inspect(id)["status"] == "stopped"
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if not p.startswith("restore")])
+def test_a_manager_killed_at_any_step_of_create_or_delete_converges(bare_env, point):
+    env = bare_env
+    id = env.name("f")
+    op, _ = point.split(":")
+    if op == "delete":
+        env.start_manager()
+        env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+        env.kill_manager(signal.SIGTERM)
+    env.start_manager(env={"SHIMD_FAULTS": point})
+    if op == "create":
+        r = env.ctl("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    else:
+        r = env.ctl("rm", "-f", id)
+    assert r.rc != 0, f"{point} was not reached"
+    assert env.proc.wait(10) == -signal.SIGKILL
+    env.proc = None
+    env.start_manager()
+    # converged: a create is rolled back, a delete rolled forward; nothing of it is left anywhere
+    assert env.ctl("inspect", id).rc == 1
+    assert env.container_ids_on_disk() == []
+    assert os.listdir(os.path.join(env.state, "shims")) == []
+    wait_for(lambda: not [p for p in our_processes(env.base) if "manager" not in " ".join(p.cmdline())], 10,
+             "the shim and container to be gone")
+    assert os.listdir(os.path.join(env.state, "runc")) == []
+    kinds = [e["type"] for e in events(env, id=id)]
+    assert kinds == [] or kinds[-1] == "delete"
+    # and the id can be used again
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    assert env.inspect(id)["status"] == "running"
+
+
+@pytest.mark.parametrize("point", ["restore:scanned", "restore:half"])
+def test_a_manager_killed_during_restore_converges(env, point):
+    ids = [env.name(f"r{i}") for i in range(4)]
+    for id in ids:
+        env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    pids = {id: env.inspect(id)["pid"] for id in ids}
+    env.kill_manager()
+    env.start_manager.__func__  # noqa: B018 (documentation: the faulty start below must die)
+    proc = subprocess.Popen([PY, "-m", "manager", "--root", env.root, "--state", env.state], cwd=REPO,
+                            env={**os.environ, "SHIMD_FAULTS": point}, stderr=subprocess.DEVNULL)
+    assert proc.wait(30) == -signal.SIGKILL
+    env.start_manager()
+    for id in ids:
+        info = env.inspect(id)
+        assert (info["status"], info["pid"]) == ("running", pids[id])
+
+
+def test_restore_is_ready_for_systemd_only_after_restore(bare_env):
+    env = bare_env
+    env.start_manager()
+    id = env.name("n")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    shim = env.inspect(id)["shim_pid"]
+    env.kill_manager()
+    path = os.path.join(env.base, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    try:
+        env.start_manager(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+        msgs = []
+        while not any("READY=1" in m for m in msgs):
+            msgs.append(sock.recv(4096).decode())
+        ready = next(m for m in msgs if "READY=1" in m)
+        assert "STATUS=serving 1 containers (1 running" in ready
+        wd = [sock.recv(4096).decode() for _ in range(3)]
+        assert all("WATCHDOG=1" in m for m in wd)
+        env.kill_manager(signal.SIGTERM)
+        while "STOPPING=1" not in (m := sock.recv(4096).decode()):
+            assert "WATCHDOG" in m
+    finally:
+        sock.close()
+    env.start_manager()
+    # the manager's notify socket never leaks to the shim, runc or the container
+    for pid in (shim, env.inspect(id)["pid"]):
+        assert b"NOTIFY_SOCKET" not in open(f"/proc/{pid}/environ", "rb").read()
+
+
+def test_config_file_and_flags(bare_env):
+    env = bare_env
+    conf = os.path.join(env.base, "config.toml")
+    with open(conf, "w") as f:
+        f.write(f'root = "{env.root}"\nstate = "/nonexistent/overridden"\n'
+                '[container]\nlog_max_size = "64k"\nlog_max_files = 3\nstop_timeout = 0.5\n')
+    env.start_manager("--config", conf)  # harness passes --root/--state flags too: flags win
+    id = env.name("cfg")
+    env.ok("run", "-d", "--name", id, "busybox", "sh", "-c", "seq 1 200000; sleep 100000")
+    wait_for(lambda: os.path.exists(os.path.join(env.root, "containers", id, "container.log.2")), 30,
+             "rotation with the configured size")
+    assert not os.path.exists(os.path.join(env.root, "containers", id, "container.log.3"))
+    t0 = time.monotonic()
+    env.ok("stop", id)  # sleep as PID 1 ignores TERM: killed after the configured 0.5 s
+    assert 0.4 < time.monotonic() - t0 < 8
+    assert env.inspect(id)["exit_code"] == 137
+    for bad, why in (('root = 5\n', "root must be a string"), ("[container]\nlog_max_files = 1\n", ">= 2"),
+                     ("nonsense = 1\n", "unknown keys"), ("x = [\n", "config file")):
+        with open(conf, "w") as f:
+            f.write(bad)
+        r = subprocess.run([PY, "-m", "manager", "--config", conf, "--state", os.path.join(env.base, "s2")],
+                           capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert r.returncode == 1 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_only_root_may_use_the_api(env):
+    assert os.stat(env.sock).st_mode & 0o777 == 0o600
+    assert os.stat(env.state).st_mode & 0o002 == 0 and os.stat(env.root).st_mode & 0o002 == 0
+    nobody = pwd.getpwnam("nobody")
+    r = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                        PY, "-m", "shimctl", "--address", env.sock, "ps"],
+                       capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"shimctl: permission denied on the shimd manager socket {env.sock}: run as root or as a member of the "
+        f"group set as socket_group in the manager's config"]
+    assert env.ctl("ps").rc == 0
+
+
+def test_fifty_clients_at_once_and_a_hung_shim_blocks_nobody(env):
+    hung, other = env.name("hung"), env.name("ok")
+    for id in (hung, other):
+        env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    errors: list[str] = []
+
+    def client(n: int) -> None:
+        c = Client(env.sock, timeout=30)
+        try:
+            for _ in range(5):
+                assert {x["id"] for x in c.call("list", {"all": True})} == {hung, other}
+                assert c.call("inspect", {"id": other})["status"] == "running"
+                try:
+                    c.call("inspect", {"id": f"nosuch{n}"})
+                    errors.append("inspect of an unknown id succeeded")
+                except Exception as e:
+                    assert "no such container" in str(e)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+
+    shim = env.inspect(hung)["shim_pid"]
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        c = Client(env.sock, timeout=60)
+        t0 = time.monotonic()
+        assert c.call("inspect", {"id": other})["status"] == "running"
+        assert {x["id"] for x in c.call("list", {"all": True})} == {hung, other}
+        assert time.monotonic() - t0 < 5
+        info = c.call("inspect", {"id": hung})  # answered from the cache, with the reason
+        assert info["status"] == "running" and "did not answer" in info["error"]
+        with pytest.raises(DeadlineExceeded, match="may be hung"):
+            c.call("kill", {"id": hung, "signal": "TERM"})
+        assert c.call("inspect", {"id": other})["status"] == "running"
+    finally:
+        os.kill(shim, signal.SIGCONT)
