@@ -261,6 +261,7 @@ class Manager:
             "auto_remove": m.auto_remove,
             "terminal": bool(st.get("terminal")),
             "execs": st.get("execs", []),
+            "log_dropped_bytes": st.get("log_dropped_bytes", 0),
         }
         if "error" in st:
             out["error"] = st["error"]

@@ -116,6 +116,7 @@ class Process:
             "started_at": self.started_at,
             "exit": self.exit.to_wire() if self.exit else None,
             "terminal": self.io.terminal,
+            "log_dropped_bytes": self.log.dropped if self.log else 0,
         }
 
     # --- implemented per kind ------------------------------------------------------------------------------
