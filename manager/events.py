@@ -12,6 +12,7 @@ import asyncio
 import time
 
 from shimproto import journal
+from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
 
 
 class EventLog:
@@ -20,6 +21,7 @@ class EventLog:
         self.events = journal.load(path)
         self.last: dict[str, int] = {}
         self.ended: set[str] = set()
+        self.state: dict[str, dict] = {}  # per container: what its events say (status, pid, exit, started_at)
         for ev in self.events:
             self._advance(ev)
         self.fd = journal.open_append(path)
@@ -30,8 +32,29 @@ class EventLog:
         if id in self.ended:  # a create of a new incarnation (add checked that)
             self.ended.discard(id)
         self.last[id] = ev["seq"]
-        if ev.get("type") == "delete":
+        t = ev.get("type")
+        if t == "delete":
             self.ended.add(id)
+            self.state.pop(id, None)
+            return
+        if ev.get("exec_id"):
+            return
+        st = self.state.setdefault(id, {"status": "unknown"})
+        if t == "create":
+            st.clear()
+            st.update(status=CREATED, pid=ev.get("pid", 0))
+        elif t == "start":
+            st.update(status=RUNNING, pid=ev.get("pid", st.get("pid", 0)), started_at=ev["time"])
+        elif t == "paused":
+            st["status"] = PAUSED
+        elif t == "resumed":
+            st["status"] = RUNNING
+        elif t == "exit":
+            st.update(status=STOPPED, exit=ev["exit"])
+
+    def status(self, id: str) -> dict:
+        """The live status dict of id (shared: updates to it are seen by every holder)."""
+        return self.state.setdefault(id, {"status": "unknown"})
 
     def live(self, id: str) -> bool:
         """Has id an incarnation with events that has not ended with a delete?"""

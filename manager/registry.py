@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED, ExitStatus, rfc3339
+from shimproto.model import RUNNING, STOPPED, ExitStatus, rfc3339
 from shimproto.rpc import AsyncClient
 
 from . import faults, launcher
@@ -42,7 +42,7 @@ class Entry:
     client: AsyncClient | None = None
     shim_pid: int = 0
     pidfd: int = -1
-    status: dict = field(default_factory=lambda: {"status": "unknown"})
+    status: dict = field(default_factory=lambda: {"status": "unknown"})  # the EventLog's dict for this id
     lost: bool = False  # the shim died and was cleaned up
     busy: str = ""  # "create" or "delete" while one is under way
     removed: bool = False
@@ -168,22 +168,8 @@ class Manager:
     # --- events --------------------------------------------------------------------------------------------
 
     def record(self, e: Entry, ev: dict) -> None:
-        """Take one event of e into the log (once) and the status cache."""
-        if self.events.add(ev) is None:
-            return
-        t, s = ev["type"], e.status
-        if ev.get("exec_id"):
-            return
-        if t == "create":
-            e.status = {"status": CREATED, "pid": ev.get("pid", 0)}
-        elif t == "start":
-            s.update(status=RUNNING, pid=ev.get("pid", s.get("pid", 0)), started_at=ev["time"])
-        elif t == "paused":
-            s["status"] = PAUSED
-        elif t == "resumed":
-            s["status"] = RUNNING
-        elif t == "exit":
-            s.update(status=STOPPED, exit=ev["exit"])
+        """Take one event of e into the log (once). e.status is the log's status dict of e, so it follows."""
+        self.events.add(ev)
 
     def start_pump(self, e: Entry) -> None:
         if e.pump is None and not e.lost:
@@ -288,8 +274,8 @@ class Manager:
     async def restore(self) -> dict:
         """Reattach to every shim on disk; finish or undo what a killed manager left half done."""
         metas = self.store.load_all()
-        for meta in metas:
-            self.entries[meta.id] = Entry(meta)
+        for meta in metas:  # until its shim answers, a container is what its recorded events say
+            self.entries[meta.id] = Entry(meta, status=self.events.status(meta.id))
         faults.point("restore:scanned")
         counts = {"running": 0, "lost": 0, "rolled_back": 0, "rolled_forward": 0, "orphans": 0}
         jobs = []
@@ -306,6 +292,13 @@ class Manager:
         return counts
 
     async def _restore_one(self, e: Entry, counts: dict) -> None:
+        """Restore one container; a failure is logged and leaves it as its events say, never stops the manager."""
+        try:
+            await self._restore(e, counts)
+        except Exception:
+            log.exception("[%s] restore failed; it stays as last recorded", e.id)
+
+    async def _restore(self, e: Entry, counts: dict) -> None:
         pid = read_pid(os.path.join(self.store.shim_dir(e.id), "shim.pid"))
         alive = bool(pid) and shim_alive(pid, e.id)
         if e.meta.intent == "create":
@@ -330,9 +323,9 @@ class Manager:
         self.connect(e, pid)
         try:
             st = await self.call(e, "state", timeout=5.0)
-            e.status = {k: st[k] for k in ("status", "pid", "exit", "started_at")}  # type: ignore[index]
+            e.status.update({k: st[k] for k in ("status", "pid", "exit", "started_at")})  # type: ignore[index]
         except ShimdError as err:
-            e.status = {"status": "unknown", "error": err.message}
+            log.warning("[%s] restore: state: %s", e.id, err.message)
         self.start_pump(e)
         counts["running"] += e.status.get("status") == RUNNING
 

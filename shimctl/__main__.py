@@ -347,6 +347,8 @@ class Cli:
     def _attach(self, id: str, exec_id: str, cursor: int, stdin: bool, tty: bool) -> int:
         """Stream the process's output (from cursor) until it exits, feeding it our stdin; its exit code."""
         control = Client(self.address)  # resize and stdin get their own sockets: the main one is mid-call
+        if cursor < 0:  # pin "now" before our input can make the process print anything
+            cursor = self.call("logs", {"id": id, "exec_id": exec_id, "cursor": -1})["cursor"]  # type: ignore
         if stdin:
             threading.Thread(target=_pump_stdin, args=(self.address, id, exec_id), daemon=True).start()
         resize = (lambda rows, cols: control.call("resize", {"id": id, "exec_id": exec_id, "rows": rows,

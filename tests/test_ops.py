@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import psutil
@@ -98,26 +99,30 @@ def test_attach_streams_from_now_to_several_attachers_and_sends_stdin(env):
     env.ok("run", "-d", "-i", "--name", id, "busybox", "sh", "-c",
            "echo before; while read line; do echo got:$line; done; echo stdin-closed; exit 3")
     wait_for(lambda: "before" in env.ctl("logs", id).out, 10, "the first line")
+    # attacher 1 follows through the API from "now", exactly as `shimctl attach` does
+    c = api(env)
+    first = c.call("logs", {"id": id, "cursor": -1, "follow": False})
+    assert first["records"] == []
+    seen: list[bytes] = []
 
-    def attacher(stdin: bool) -> subprocess.Popen:
-        args = [PY, "-m", "shimctl", "--address", env.sock, "attach", *([] if stdin else ["--no-stdin"]), id]
-        return subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+    def follow() -> None:
+        cur, f = first["cursor"], api(env)
+        while True:
+            res = f.call("logs", {"id": id, "cursor": cur, "follow": True, "timeout": 5})
+            seen.extend(data for _, data in res["records"])
+            cur = res["cursor"]
+            if res["eof"]:
+                return
 
-    watcher = attacher(stdin=False)
-    talker = attacher(stdin=True)
-    try:
-        out, err = talker.communicate(b"one\ntwo\n", timeout=60)  # EOF on our stdin closes the container's
-        assert talker.returncode == 3, err
-        assert out.decode().splitlines() == ["got:one", "got:two", "stdin-closed"]  # from attach on, not before
-        wout, _ = watcher.communicate(timeout=60)
-        assert watcher.returncode == 3
-        assert wout.decode().splitlines() == ["got:one", "got:two", "stdin-closed"]
-    finally:
-        for p in (watcher, talker):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    t = threading.Thread(target=follow)
+    t.start()
+    # attacher 2 is the CLI, which also sends its stdin; EOF on ours closes the container's
+    talker = subprocess.run([PY, "-m", "shimctl", "--address", env.sock, "attach", id], cwd=REPO,
+                            input=b"one\ntwo\n", capture_output=True, timeout=60)
+    assert talker.returncode == 3, talker.stderr
+    assert talker.stdout.decode().splitlines() == ["got:one", "got:two", "stdin-closed"]  # nothing from before
+    t.join(30)
+    assert b"".join(seen).decode().splitlines() == ["got:one", "got:two", "stdin-closed"]
 
 
 def test_close_stdin_through_the_api(env):

@@ -69,7 +69,7 @@ async def handle(m: Manager, p: Params) -> dict:
     m.reserved.add(id)
     try:
         meta = _meta(m, p, id)
-        e = Entry(meta, busy="create")
+        e = Entry(meta, busy="create", status=m.events.status(id))
         m.store.save(meta)
         faults.point("create:intent")
         try:

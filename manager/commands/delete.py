@@ -60,6 +60,11 @@ async def finish_delete(m: Manager, e: Entry) -> dict | None:
 
 async def _delete_in_shim(m: Manager, e: Entry) -> None:
     st = await m.fresh_state(e, timeout=5.0)
+    if st.get("status") == "deleted":  # it deleted the container already; the shim is on its way out
+        pid = e.shim_pid
+        m.disconnect(e)
+        await _wait_gone(pid, e.id)
+        return
     if st.get("status") not in (STOPPED, CREATED) and "holds no container" not in st.get("error", ""):
         await m.call(e, "kill", {"signal": int(signal.SIGKILL), "all": True})
         res = await m.call(e, "wait", {"timeout": FORCE_WAIT}, timeout=FORCE_WAIT + 5)
