@@ -8,7 +8,7 @@ import os
 import signal
 
 POINTS = (
-    "create:intent",        # metadata with the create intent written, no shim yet
+    "create:intent",        # create intent and metadata written, no shim yet
     "create:launched",      # shim running, no container
     "create:created",       # container created, not started
     "create:started",       # container started, intent not yet cleared

@@ -6,8 +6,8 @@ once through a pidfd: the registry takes the events it had journaled but not yet
 cleanup (which kills a container left without its shim), and reports the exit status the shim had recorded, or
 an exit with reason "shim-lost" (code 255) when it recorded none.
 
-Create and delete write an intent into the metadata first, so a manager killed at any step converges on the next
-start: a container with a create intent is rolled back, one with a delete intent is rolled forward.
+Create and delete record an intent first (<state>/intents/<id>), so a manager killed at any step converges on the
+next start: a container with a create intent is rolled back, one with a delete intent is rolled forward.
 """
 
 from __future__ import annotations
@@ -205,6 +205,8 @@ class Manager:
             exit = recorded or ExitStatus(code=255, reason="shim-lost")
             self.record(e, {"seq": self.events.last_seq(e.id) + 1, "type": "exit", "id": e.id, "exec_id": "",
                             "time": exit.exited_at, "origin": "manager", "exit": exit.to_wire()})
+            if e.exit is None:  # a container with no events at all (its create never finished)
+                e.status["exit"] = exit.to_wire()
         e.status.update(status=STOPPED)
         e.settled.set()
         log.warning("[%s] shim lost; exit %s", e.id, e.exit)
@@ -276,6 +278,9 @@ class Manager:
         metas = self.store.load_all()
         for meta in metas:  # until its shim answers, a container is what its recorded events say
             self.entries[meta.id] = Entry(meta, status=self.events.status(meta.id))
+        for id in self.store.intent_ids():  # a create that died before its metadata was written
+            if id not in self.entries:
+                self.entries[id] = Entry(Meta(id=id, args=[], lower=""), status=self.events.status(id))
         faults.point("restore:scanned")
         counts = {"running": 0, "lost": 0, "rolled_back": 0, "rolled_forward": 0, "orphans": 0}
         jobs = []
@@ -301,11 +306,12 @@ class Manager:
     async def _restore(self, e: Entry, counts: dict) -> None:
         pid = read_pid(os.path.join(self.store.shim_dir(e.id), "shim.pid"))
         alive = bool(pid) and shim_alive(pid, e.id)
-        if e.meta.intent == "create":
+        intent = self.store.intent(e.id)
+        if intent == "create":
             await self.rollback_create(e, pid if alive else 0)
             counts["rolled_back"] += 1
             return
-        if e.meta.intent == "delete":
+        if intent == "delete":
             from .commands.delete import finish_delete
 
             if alive:

@@ -4,7 +4,8 @@ Layout the manager owns under --root:
     containers/<id>/meta.json      what was asked for (image, command, options, created_at)
     containers/<id>/container.log  the container's CRI log (written by the shim)
     containers/<id>/fs/{upper,work} the container's writable layer (mounted by the shim, removed by us after it)
-and under --state: shims/<id>/ (the shim's own directory) and runc/ (the runtime's state root).
+and under --state: shims/<id>/ (the shim's own directory), runc/ (the runtime's state root) and intents/<id>
+("create" or "delete" while one is under way; kept in --state so that a full --root never blocks a delete).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 
-from shimproto.fsutil import read_json, write_json
+from shimproto.fsutil import atomic_write, read_json, write_json
 from shimproto.model import ID_RE
 
 
@@ -33,7 +34,6 @@ class Meta:
     stdin: bool = False
     log_max_size: int = 0
     log_max_files: int = 5
-    intent: str = ""  # "create" or "delete" while one is under way: see registry.restore
 
 
 class Store:
@@ -43,7 +43,8 @@ class Store:
         self.containers = os.path.join(root, "containers")
         self.shims = os.path.join(state, "shims")
         self.runc_root = os.path.join(state, "runc")
-        for d in (root, state, self.containers, self.shims, self.runc_root):
+        self.intents = os.path.join(state, "intents")
+        for d in (root, state, self.containers, self.shims, self.runc_root, self.intents):
             os.makedirs(d, mode=0o711, exist_ok=True)
             os.chmod(d, 0o711)  # never world-writable
 
@@ -58,6 +59,25 @@ class Store:
 
     def fs(self, id: str) -> tuple[str, str]:
         return os.path.join(self.dir(id), "fs", "upper"), os.path.join(self.dir(id), "fs", "work")
+
+    def intent(self, id: str) -> str:
+        try:
+            with open(os.path.join(self.intents, id)) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def set_intent(self, id: str, kind: str) -> None:
+        atomic_write(os.path.join(self.intents, id), kind.encode())
+
+    def clear_intent(self, id: str) -> None:
+        try:
+            os.unlink(os.path.join(self.intents, id))
+        except FileNotFoundError:
+            pass
+
+    def intent_ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.intents) if ID_RE.fullmatch(n))
 
     def save(self, meta: Meta) -> None:
         os.makedirs(self.dir(meta.id), mode=0o711, exist_ok=True)
@@ -94,3 +114,4 @@ class Store:
 
     def remove_meta(self, id: str) -> None:
         shutil.rmtree(self.dir(id), ignore_errors=True)
+        self.clear_intent(id)

@@ -1,8 +1,8 @@
 """create {id?, image? | rootfs?, args, env?, cwd?, auto_remove?, start?, memory_limit?, pids_limit?, tty?, stdin?,
 log_max_size?, log_max_files?} -> inspect
 
-Makes a container: validates the request, writes its metadata with a create intent, launches its shim, has the
-shim create it (and start it when start is true), then clears the intent. On failure everything made so far is
+Makes a container: validates the request, records a create intent, writes its metadata, launches its shim, has
+the shim create it (and start it when start is true), then clears the intent. On failure everything made so far is
 undone; if the manager dies midway, the next one rolls the create back (see registry.restore). Errors:
 invalid_argument (bad id, no command, rootfs not a directory, both/neither image and rootfs), already_exists (id in
 use), not_found (unknown image), runtime_failed (runc refused).
@@ -58,7 +58,7 @@ def _meta(m: Manager, p: Params, id: str) -> Meta:
     return Meta(id=id, args=args, lower=lower, image=image, env=p.strlist("env"), cwd=p.str("cwd", "/"),
                 created_at=time.time_ns(), auto_remove=p.bool("auto_remove"), memory_limit=memory,
                 pids_limit=pids, tty=p.bool("tty"), stdin=p.bool("stdin"), log_max_size=log_size,
-                log_max_files=log_files, intent="create")
+                log_max_files=log_files)
 
 
 async def handle(m: Manager, p: Params) -> dict:
@@ -70,9 +70,10 @@ async def handle(m: Manager, p: Params) -> dict:
     try:
         meta = _meta(m, p, id)
         e = Entry(meta, busy="create", status=m.events.status(id))
-        m.store.save(meta)
-        faults.point("create:intent")
+        m.store.set_intent(id, "create")
         try:
+            m.store.save(meta)
+            faults.point("create:intent")
             await m.launch_shim(e)
             faults.point("create:launched")
             upper, work = m.store.fs(id)
@@ -87,8 +88,7 @@ async def handle(m: Manager, p: Params) -> dict:
             if p.bool("start"):
                 await m.call(e, "start", timeout=30.0)
                 faults.point("create:started")
-            meta.intent = ""
-            m.store.save(meta)
+            m.store.clear_intent(id)
         except BaseException:
             await _undo(m, e)
             raise

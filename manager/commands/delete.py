@@ -8,7 +8,9 @@ midway finishes the delete on its next start. Errors: not_found, invalid_state.
 
 from __future__ import annotations
 
+import logging
 import signal
+import time
 
 from shimproto.errors import InvalidState, ShimdError, Unavailable
 from shimproto.model import CREATED, STOPPED
@@ -18,6 +20,7 @@ from .. import faults
 from ..registry import Entry, Manager, _wait_gone
 
 NAME = "delete"
+log = logging.getLogger("shimd.manager")
 FORCE_WAIT = 10.0
 
 
@@ -31,8 +34,7 @@ async def remove(m: Manager, e: Entry, force: bool) -> dict | None:
             if status not in (STOPPED, CREATED) and not e.lost and not force and "holds no container" not in \
                     st.get("error", ""):
                 raise InvalidState(f"cannot remove {status} container {e.id}: stop it first or use force")
-        e.meta.intent = "delete"
-        m.store.save(e.meta)
+        m.store.set_intent(e.id, "delete")
         faults.point("delete:intent")
         return await finish_delete(m, e)
 
@@ -66,8 +68,11 @@ async def _delete_in_shim(m: Manager, e: Entry) -> None:
         await _wait_gone(pid, e.id)
         return
     if st.get("status") not in (STOPPED, CREATED) and "holds no container" not in st.get("error", ""):
+        t0 = time.monotonic()
         await m.call(e, "kill", {"signal": int(signal.SIGKILL), "all": True})
         res = await m.call(e, "wait", {"timeout": FORCE_WAIT}, timeout=FORCE_WAIT + 5)
+        if time.monotonic() - t0 > 2:
+            log.warning("[%s] delete: kill and wait took %.1fs", e.id, time.monotonic() - t0)
         if not res.get("exited"):  # type: ignore[union-attr]
             raise Unavailable(f"container {e.id} did not exit within {FORCE_WAIT:g}s of SIGKILL")
         faults.point("delete:killed")

@@ -13,10 +13,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 from .. import sys as _sys
 
 log = logging.getLogger("shimd.reaper")
+SLOW = 2.0  # seconds: a runtime call slower than this is logged
 
 
 class Subscription:
@@ -96,8 +98,12 @@ class Reaper:
     async def run(self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
                   stderr: int | None = None, env: dict[str, str] | None = None) -> int:
         """The runtime's Monitor: run argv to completion, return its exit code (128 + signal for a signal)."""
+        t0 = time.monotonic()
         with self.subscribe() as sub:
             pid = self.spawn(sub, argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
             status = await sub.wait(pid)
+        took = time.monotonic() - t0
+        if took > SLOW:
+            log.warning("slow: %s took %.1fs", " ".join(a for a in argv if not a.startswith("/")), took)
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code

@@ -38,7 +38,7 @@ class Box:
     """What the harness knows of one container."""
 
     id: str
-    kind: str  # counter, exiter, trapper
+    kind: str  # counter, exiter, trapper, filler
     code: int | None = None  # the exiter's own code
     created: str = "maybe"  # yes, maybe (the create's answer was lost), failed
     removed: str = "no"  # no, maybe, yes
@@ -66,7 +66,8 @@ class Stats:
 
 
 class Chaos:
-    def __init__(self, env: Env, seed: int, flaky: bool = True) -> None:
+    def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False) -> None:
+        self.disk_full = disk_full
         self.env = env
         self.rng = random.Random(seed)
         self.stats = Stats(seed=seed)
@@ -83,6 +84,11 @@ class Chaos:
         self.fd_base: dict[int, int] = {}
         self.lock = threading.Lock()
         self._pending: list[str] | None = None
+        self.execs: list[tuple[Box, str, int]] = []
+        self.dropped: dict[str, int] = {}  # per counter: bytes its log dropped (disk full)
+        self.lines: dict[str, int] = {}  # per counter: lines found in its log
+        self.exited: set[str] = set()  # containers whose exit was checked
+        self.protected: set[str] = set()  # containers the random operations leave alone
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -125,11 +131,11 @@ class Chaos:
 
     # --- operations (run in threads; a lost answer makes the outcome "maybe") ------------------------------
 
-    def op_run(self) -> None:
+    def op_run(self, kind: str = "") -> None:
         with self.lock:
             self.n += 1
             id = f"{self.env.tag}-{self.n}"
-            kind = self.rng.choice(["counter", "exiter", "exiter", "trapper"])
+            kind = kind or self.rng.choice(["counter", "exiter", "exiter", "trapper"])
             code = self.rng.randrange(0, 120) if kind == "exiter" else None
             delay = round(self.rng.uniform(0.05, 4.0), 2)
             box = Box(id, kind, code, allowed={code} if code is not None else set())
@@ -151,8 +157,42 @@ class Chaos:
 
     def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper")) -> Box | None:
         with self.lock:
-            live = [b for b in self.boxes.values() if b.created == "yes" and b.removed == "no" and b.kind in kinds]
+            live = [b for b in self.boxes.values() if b.created == "yes" and b.removed == "no" and b.kind in kinds
+                    and b.id not in self.protected]
             return self.rng.choice(live) if live else None
+
+    def op_fill_disk(self) -> None:
+        """A container that writes until the log's filesystem is full, then exits 0."""
+        with self.lock:
+            self.n += 1
+            id = f"{self.env.tag}-{self.n}"
+            box = Box(id, "filler", 0, allowed={0})
+            self.boxes[id] = box
+            self.stats.containers += 1
+        c = self.client()
+        try:
+            c.call("create", {"id": id, "image": "busybox", "start": True,
+                              "args": ["sh", "-c", "yes filling-the-log-filesystem | head -c 60000000"]}, timeout=60)
+            box.created = "yes"
+        except (Unavailable, DeadlineExceeded):
+            box.created = "maybe"
+        except ShimdError:
+            box.created = "failed"
+            self.stats.creates_failed += 1
+        finally:
+            c.close()
+
+    def op_free_disk(self) -> None:
+        with self.lock:
+            fillers = [b for b in self.boxes.values() if b.kind == "filler" and b.created == "yes"
+                       and b.removed == "no"]
+        for b in fillers:
+            b.allowed.add(137)
+            b.removed = "maybe"
+            try:
+                self._call("delete", {"id": b.id, "force": True})
+            finally:
+                pass
 
     def op_signal(self) -> None:
         box = self._pick(("trapper", "counter", "exiter"))
@@ -187,30 +227,41 @@ class Chaos:
             pass
 
     def op_exec(self) -> None:
+        """Start a detached exec with a chosen code; check() verifies its exit after the next restart."""
         box = self._pick(("counter", "trapper"))
         if box is None:
             return
-        code = self.rng.randrange(0, 100)
-        exec_id = f"x{self.rng.randrange(1 << 30)}"
+        with self.lock:
+            code = self.rng.randrange(0, 100)
+            exec_id = f"x{self.rng.randrange(1 << 30)}"
         try:
             c = self.client()
             try:
-                c.call("exec", {"id": box.id, "exec_id": exec_id, "args": ["sh", "-c", f"sleep 0.1; exit {code}"],
+                c.call("exec", {"id": box.id, "exec_id": exec_id, "args": ["sh", "-c", f"sleep 0.2; exit {code}"],
                                 "detach": True}, timeout=60)
-                res = {"exited": False}
-                deadline = time.monotonic() + 30
-                while not res["exited"] and time.monotonic() < deadline:
-                    res = c.call("wait", {"id": box.id, "exec_id": exec_id, "timeout": 5}, timeout=20,
-                                 idempotent=True)
-                if res["exited"] and res["exit_code"] not in (code, 137):
-                    self.violation(f"exec {exec_id} of {box.id} exited {res['exit_code']}, expected {code}")
-                elif res["exited"]:
-                    with self.lock:
-                        self.stats.execs_checked += 1
+                with self.lock:
+                    self.execs.append((box, exec_id, code))
             finally:
                 c.close()
         except ShimdError:
             pass  # the manager died, the container stopped or the runtime was told to fail: not a violation
+
+    def _check_execs(self, c: Client) -> None:
+        pending, self.execs = self.execs, []
+        for box, exec_id, code in pending:
+            if box.removed != "no" or box.shim_killed:
+                continue  # gone with its container or its shim
+            try:
+                res = c.call("wait", {"id": box.id, "exec_id": exec_id, "timeout": 10}, timeout=30)
+            except ShimdError as e:
+                self.violation(f"exec {exec_id} of {box.id}: wait failed: {e}")
+                continue
+            if not res["exited"]:
+                self.execs.append((box, exec_id, code))  # still running (e.g. the container is paused)
+            elif res["exit_code"] not in (code, 137):  # 137: the container died first and took it along
+                self.violation(f"exec {exec_id} of {box.id} exited {res['exit_code']}, expected {code}")
+            else:
+                self.stats.execs_checked += 1
 
     def _call(self, method: str, params: dict) -> None:
         try:
@@ -229,12 +280,12 @@ class Chaos:
         rng = self.rng
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
-        ops = [rng.choice([self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm,
-                           self.op_exec]) for _ in range(rng.randint(2, 5))]
+        choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec]
+        ops = [rng.choice(choices) for _ in range(rng.randint(2, 5))]
         threads = [threading.Thread(target=op) for op in ops]
         for t in threads:
             t.start()
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 1.2))
         self.kill_manager()
         for t in threads:
             t.join(120)
@@ -310,6 +361,8 @@ class Chaos:
 
     def _check(self, c: Client) -> None:
         env = self.env
+        if self._pending == []:  # first attempt of this check
+            self._check_execs(c)
         # let exits that are happening settle into the event log before judging
         listing = {x["id"]: x for x in c.call("list", {"all": True})}
         self._pull_events(c)
@@ -366,9 +419,16 @@ class Chaos:
                     self.violation(f"{id}: exit code {code} ({x['exit_reason']}) not in {sorted(box.allowed)}")
                 if evs and evs[0]["exit"]["code"] != code:
                     self.violation(f"{id}: exit event says {evs[0]['exit']['code']}, inspect says {code}")
-                self.stats.exits_checked += 1
+                self.exited.add(id)
             if box.kind == "counter":
+                try:
+                    x = {**x, **c.call("inspect", {"id": id})}  # the shim's own count of dropped log bytes
+                except ShimdError:
+                    pass
                 self._check_log(id, x)
+        self.stats.exits_checked = len(self.exited)
+        self.stats.log_lines_checked = sum(self.lines.values())
+        self.stats.log_bytes_dropped = sum(self.dropped.values())
         # nothing of ours lives unaccounted for
         for id in shims:
             if id not in listing:
@@ -386,24 +446,28 @@ class Chaos:
         except AssertionError:
             self.violation(f"zombies: {zombies_of(set(shims.values()) | {os.getpid()})}")
         for problem in leftovers(env.base):
-            if problem.startswith("mount"):
+            if problem.startswith("mount") and problem != f"mount left: {env.root}":  # the disk-full tmpfs
                 self.violation(problem)
 
     def _check_log(self, id: str, x: dict) -> None:
+        """Every line once, in order: n 0, n 1, ... With dropped bytes (disk full) gaps are allowed and counted,
+        but still no line twice and none out of order."""
         path = x["log_path"]
-        lines = []
-        for rec in _cri_lines([path, *[f"{path}.{n}" for n in range(1, 6)][::-1]]):
-            lines.append(rec)
-        expected = [f"n {i}" for i in range(len(lines))]
-        if lines != expected:
-            dropped = x.get("log_dropped_bytes", 0)
-            if dropped:
-                self.stats.log_bytes_dropped += dropped
-            else:
-                bad = next(i for i, (a, b) in enumerate(zip(lines, expected, strict=False)) if a != b) \
-                    if any(a != b for a, b in zip(lines, expected, strict=False)) else len(expected)
-                self.violation(f"{id}: log line {bad} is {lines[bad:bad + 1]}, expected n {bad}")
-        self.stats.log_lines_checked += len(lines)
+        numbers = []
+        for text in _cri_lines([*[f"{path}.{n}" for n in range(5, 0, -1)], path]):
+            try:
+                numbers.append(int(text.removeprefix("n ")))
+            except ValueError:
+                self.violation(f"{id}: log line {text!r} is not one the container wrote")
+                return
+        dropped = x.get("log_dropped_bytes", 0)
+        if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+            self.violation(f"{id}: log lines repeated or out of order")
+        elif not dropped and numbers != list(range(len(numbers))):
+            gap = next((i for i, n in enumerate(numbers) if n != i), len(numbers))
+            self.violation(f"{id}: log line {gap} missing with no bytes reported dropped")
+        self.dropped[id] = dropped
+        self.lines[id] = len(numbers)
 
     # --- the end -------------------------------------------------------------------------------------------
 

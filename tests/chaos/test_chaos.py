@@ -14,6 +14,7 @@ import pytest
 
 from manager.faults import POINTS
 from tests.chaos.harness import Chaos
+from tests.harness import wait_for
 
 KILLS = int(os.environ.get("CHAOS_KILLS", "50"))
 BUDGET = float(os.environ.get("CHAOS_SECONDS", "280"))
@@ -53,6 +54,54 @@ def test_chaos(bare_env, shared_root):
     assert chaos.stats.violations == [], f"seed {seed}: invariants violated"
     assert chaos.stats.manager_kills >= KILLS, f"only {chaos.stats.manager_kills} manager kills in {BUDGET:g}s"
     assert set(chaos.stats.fault_points) == set(POINTS), "not every fault point was hit"
+
+
+@pytest.mark.timeout(600)
+def test_chaos_with_the_log_filesystem_filling_up(bare_env):
+    """--root on a 48 MiB tmpfs that filler containers fill up: logs drop (and count) what does not fit, no
+    container blocks on its log, creates that cannot write their metadata fail cleanly, and every other invariant
+    holds across manager kills."""
+    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 32))
+    print(f"\nchaos (disk full) seed {seed} (replay: CHAOS_SEED={seed})")
+    env = bare_env
+    os.makedirs(env.root)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "shimd-chaos", env.root], check=True)
+    chaos = Chaos(env, seed, flaky=False, disk_full=True)
+    t0 = time.monotonic()
+    try:
+        chaos.start()
+        counters = []
+        for _ in range(2):
+            chaos.op_run("counter")
+            counters.append(f"{env.tag}-{chaos.n}")
+        chaos.protected.update(counters)
+        chaos.op_fill_disk()
+        filler = f"{env.tag}-{chaos.n}"
+        assert env.ok("wait", filler).out.strip() == "0"  # it finished: the log filesystem is full
+        while chaos.stats.manager_kills < 10 and time.monotonic() - t0 < 150:
+            chaos.round()
+        chaos.check()
+        dropped = {id: env.inspect(id)["log_dropped_bytes"] for id in counters if env.ctl("inspect", id).rc == 0}
+        chaos.op_free_disk()
+        # the counters that still run were never blocked: their logs go on once there is room again
+        alive = [id for id in dropped if env.inspect(id)["status"] == "running"]
+        before = {id: chaos.lines.get(id, 0) for id in alive}
+        for id in alive:
+            wait_for(lambda id=id: env.ctl("logs", id).out.count("\n") > before[id] + 10, 30,
+                     f"{id} to log again after space was freed")
+        chaos.check()
+        chaos.finish()
+        chaos.stats.seconds = round(time.monotonic() - t0, 1)
+        print(chaos.report())
+    finally:
+        if env.proc is not None:
+            ids = env.ctl("ps", "-a", "-q").out.split()
+            if ids:
+                env.ctl("rm", "-f", *ids, timeout=300)
+            env.kill_manager(15)
+        subprocess.run(["umount", env.root], check=True)
+    assert chaos.stats.violations == [], f"seed {seed}: invariants violated"
+    assert any(dropped.values()), f"no log dropped anything ({dropped}): the scenario did not happen"
 
 
 def write_report(path: str, chaos: Chaos) -> None:
