@@ -38,7 +38,7 @@ def parse_signal(value: object) -> int:
         raise InvalidArgument(f"unknown signal {value!r}")
     if isinstance(value, int):
         num = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         num = int(value.strip())
     elif isinstance(value, str):
         name = value.strip().upper()

@@ -98,6 +98,9 @@ class Server:
             data = encode(reply)
         except Exception as e:  # an id or result msgpack cannot carry
             data = encode({"id": None, "error": Internal(f"unencodable reply: {e}").to_wire()})
+        if len(data) > MAX_MESSAGE:  # e.g. an error message that quotes a huge input: cut the message, keep the code
+            err = reply.get("error") or Internal("reply exceeds the message size limit").to_wire()
+            data = encode({"id": reply.get("id"), "error": {"code": err["code"], "message": err["message"][:4096]}})
         await self.sock.send_multipart([ident, data])
 
     def close(self, linger_ms: int = 0) -> None:
@@ -128,11 +131,14 @@ class AsyncClient:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         rid = next(self._ids)
+        data = encode({"id": rid, "method": method, "params": params or {}})
+        if len(data) > MAX_MESSAGE:  # the peer's socket would drop the whole connection, not just this request
+            raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
 
         async def exchange() -> dict:
-            await self.sock.send(encode({"id": rid, "method": method, "params": params or {}}))
+            await self.sock.send(data)
             return await fut
 
         try:
@@ -191,6 +197,8 @@ class Client:
         deadline = time.monotonic() + timeout
         rid = next(self._ids)
         data = encode({"id": rid, "method": method, "params": params or {}})
+        if len(data) > MAX_MESSAGE:
+            raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
         self._drain_monitor()
         while True:
             if not self.sock.poll(self._left(deadline), zmq.POLLOUT):

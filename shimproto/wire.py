@@ -7,6 +7,8 @@ again with the cursor it was given, so every exchange is one request and one rep
 
 from __future__ import annotations
 
+import math
+
 import msgpack
 
 from .errors import InvalidArgument
@@ -33,6 +35,8 @@ def decode_request(frame: bytes) -> tuple[object, str, dict]:
     if not isinstance(msg, dict):
         raise InvalidArgument("malformed request: not a map")
     rid = msg.get("id")
+    if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool) or not -2**63 <= rid < 2**64):
+        raise InvalidArgument("malformed request: 'id' must be an integer")
     method = msg.get("method")
     params = msg.get("params", {})
     if not isinstance(method, str):
@@ -78,7 +82,15 @@ class Params:
 
     def float(self, name: str, default: float | None = None, required: bool = False) -> float:
         v = self._get(name, (int, float), default, required)
-        return float(v) if v is not None else v  # type: ignore[return-value]
+        if v is None:
+            return v  # type: ignore[return-value]
+        try:
+            f = float(v)  # type: ignore[arg-type]
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            raise InvalidArgument(f"{self.method}: parameter {name!r} must be a finite number")
+        return f
 
     def bytes(self, name: str, required: bool = False) -> bytes:
         return self._get(name, bytes, b"", required)  # type: ignore[return-value]

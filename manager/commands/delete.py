@@ -43,15 +43,17 @@ async def finish_delete(m: Manager, e: Entry) -> dict | None:
     """Delete e for good: kill it if it runs, have its shim delete it (or clean up after a dead shim), then
     remove the files. Also what a restarted manager does for a delete intent it finds."""
     e.busy = "delete"
+    deleted = False
     if not e.lost and e.client is not None:
         try:
             await _delete_in_shim(m, e)
+            deleted = True
         except ShimdError:
             if e.client is not None and not _gone(e):
                 e.busy = ""
                 raise
             e.lost = True
-    if e.lost or e.client is None:
+    if not deleted:  # the shim died or was never reached: clean up after it
         m.disconnect(e)
         await m.settle_dead_shim(e)
     faults.point("delete:shim-deleted")
