@@ -20,7 +20,7 @@ from shimproto.model import check_id
 from shimproto.wire import Params
 
 from .. import faults, images
-from ..registry import Entry, Manager
+from ..registry import Entry, Manager, _wait_gone
 from ..store import Meta
 
 NAME = "create"
@@ -104,12 +104,15 @@ async def handle(m: Manager, p: Params) -> dict:
 
 async def _undo(m: Manager, e: Entry) -> None:
     """Take back a half-made container: the shim kills and deletes what it made and exits; drop the metadata."""
+    pid = e.shim_pid if e.client is not None else 0
     if e.client is not None:
         try:
             await e.client.call("shutdown", {"id": e.id, "force": True}, timeout=30.0)
         except ShimdError as err:
             log.warning("[%s] undo create: shim shutdown: %s", e.id, err)
     m.disconnect(e)
+    if pid:
+        await _wait_gone(pid, e.id)  # `shimd delete` below kills a shim that is still there
     from .. import launcher
 
     await launcher.cleanup_dead(e.id, m.store.shim_dir(e.id), m.runtime, m.store.runc_root)

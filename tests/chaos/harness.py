@@ -208,8 +208,8 @@ class Chaos:
             box.allowed.add(137)
             self._call("stop", {"id": box.id, "timeout": 0.3})
 
-    def op_rm(self) -> None:
-        box = self._pick()
+    def op_rm(self, box: Box | None = None) -> None:
+        box = box or self._pick()
         if box is None:
             return
         box.allowed.add(137)
@@ -307,16 +307,25 @@ class Chaos:
                 self.kill_manager()
             self.start(fault=point, expect_death=True)
         else:
-            if op == "delete":
+            target = None
+            if op == "delete":  # a fresh long-running container, so that every delete point is on its path
                 self.start()
-                if self._pick() is None:
-                    self.op_run()
+                self.op_run("counter")
+                target = self.boxes[f"{self.env.tag}-{self.n}"]
                 self.kill_manager()
             self.start(fault=point)
             before = self.env.proc
-            (self.op_run if op == "create" else self.op_rm)()
-            if before.wait(30) != -signal.SIGKILL:
-                self.violation(f"fault point {point} was not reached")
+            if target is None:
+                self.op_run()
+            elif target.created == "yes":
+                self.op_rm(target)
+            try:
+                rc = before.wait(30)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != -signal.SIGKILL:
+                self.violation(f"fault point {point} was not reached (manager: {rc})")
+                self.env.kill_manager(signal.SIGKILL)
             self.env.proc = None
         self.stats.fault_points[point] = self.stats.fault_points.get(point, 0) + 1
         self.stats.manager_kills += 1
