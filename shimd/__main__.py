@@ -169,18 +169,20 @@ def _kill_live_shims(state_dir: str) -> None:
     its directory with nobody to find it again: kill it before the directory goes."""
     import psutil
 
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if p.pid != os.getpid() and "start" in cmd and "--state" in cmd and cmd.index("--state") + 1 < len(cmd) \
-                and cmd[cmd.index("--state") + 1] == state_dir:
-            try:
-                p.kill()
-                found.append(p)
-            except psutil.Error:
-                pass
-    if found:
-        print(f"shimd delete: killed {len(found)} shim(s) still running on {state_dir}", file=sys.stderr)
+    for _ in range(10):  # again until none is found: one may have been mid-fork (it daemonizes) during a scan
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if p.pid != os.getpid() and "start" in cmd and "--state" in cmd and \
+                    cmd.index("--state") + 1 < len(cmd) and cmd[cmd.index("--state") + 1] == state_dir:
+                try:
+                    p.kill()
+                    found.append(p)
+                except psutil.Error:
+                    pass
+        if not found:
+            return
+        print(f"shimd delete: killed {len(found)} shim process(es) still running on {state_dir}", file=sys.stderr)
         psutil.wait_procs(found, timeout=5)
 
 

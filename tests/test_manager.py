@@ -124,6 +124,30 @@ def test_a_manager_killed_at_any_step_of_create_or_delete_converges(bare_env, po
     assert env.inspect(id)["status"] == "running"
 
 
+def test_a_shim_launched_just_before_the_manager_died_is_not_left_running(env):
+    """The manager died after launching a shim but before the shim wrote its pid file: the next manager rolls the
+    create back without knowing that shim's pid. Cleaning up its directory must not leave it running unreachable."""
+    id = env.name("early")
+    env.kill_manager(signal.SIGKILL)
+    shim_dir = os.path.join(env.state, "shims", id)
+    subprocess.run([PY, "-m", "shimd", "start", "--id", id, "--state", shim_dir, "--runtime", "runc",
+                    "--runtime-root", os.path.join(env.state, "runc")], cwd=REPO, check=True, timeout=30)
+    pid_file = os.path.join(shim_dir, "shim.pid")
+    wait_for(lambda: os.path.exists(pid_file), 10, "the shim to write its pid")
+    with open(pid_file) as f:
+        pid = int(f.read())
+    os.unlink(pid_file)  # as if the manager had looked before the shim wrote it
+    os.makedirs(os.path.join(env.state, "intents"), exist_ok=True)
+    with open(os.path.join(env.state, "intents", id), "w") as f:
+        f.write("create")
+    env.start_manager()
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the shim to be killed")
+    assert not os.path.exists(shim_dir)
+    assert env.ctl("inspect", id).rc == 1
+    env.ok("run", "--rm", "--name", id, "busybox", "true")  # and the id is free
+
+
 @pytest.mark.parametrize("point", ["restore:scanned", "restore:half"])
 def test_a_manager_killed_during_restore_converges(env, point):
     ids = [env.name(f"r{i}") for i in range(4)]
