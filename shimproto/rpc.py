@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Unavailable, from_wire
 from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode
@@ -188,7 +189,8 @@ class Client:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._down = False  # the monitor's last word was "disconnected"
         self.sock.connect(ipc_endpoint(path))
 
     def call(self, method: str, params: dict | None = None, timeout: float | None = None,
@@ -201,7 +203,9 @@ class Client:
             raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
         self._drain_monitor()
         while True:
-            if not self.sock.poll(self._left(deadline), zmq.POLLOUT):
+            # After a disconnect, wait for the new connection: a message sent meanwhile can land in the pipe of
+            # the dead one (ZeroMQ drops that pipe a moment after it reports the disconnect) and be lost silently.
+            if not self._wait_connected(deadline) or not self.sock.poll(self._left(deadline), zmq.POLLOUT):
                 raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
             self.sock.send(data)
             msg = self._reply(rid, method, timeout, deadline)
@@ -230,11 +234,22 @@ class Client:
             if self.monitor in ready and self._drain_monitor():
                 return None
 
+    def _wait_connected(self, deadline: float) -> bool:
+        while self._down:
+            if not self.monitor.poll(self._left(deadline)):
+                return False
+            self._drain_monitor()
+        return True
+
     def _drain_monitor(self) -> bool:
+        """Read the monitor's events; True if the connection dropped since the last look."""
         dropped = False
         while self.monitor.poll(0):
-            self.monitor.recv_multipart()
-            dropped = True
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                dropped, self._down = True, True
+            elif event == zmq.EVENT_CONNECTED:
+                self._down = False
         return dropped
 
     @staticmethod

@@ -25,13 +25,38 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("runc is not installed (scripts/setup installs it)")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.failed_call = rep.failed  # type: ignore[attr-defined]
+
+
+def _dump_logs(request: pytest.FixtureRequest, e: Env) -> None:
+    """When a test failed, print the tail of every manager and shim log of it (shown with the failure)."""
+    if not getattr(request.node, "failed_call", False):
+        return
+    shims = os.path.join(e.state, "shims")
+    paths = list(e.log_files) + ([os.path.join(shims, d, "shim.log") for d in sorted(os.listdir(shims))]
+                                 if os.path.isdir(shims) else [])
+    for path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.readlines()[-60:]
+        except OSError:
+            continue
+        print(f"----- {path} (last {len(lines)} lines)\n" + "".join(lines))
+
+
 @pytest.fixture
-def env() -> Env:
+def env(request: pytest.FixtureRequest) -> Env:
     """A fresh manager in its own temp --root/--state."""
     e = new_env()
     _bases.append(e.base)
     e.start_manager()
     yield e
+    _dump_logs(request, e)
     problems = e.cleanup()
     if problems:
         pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
@@ -39,11 +64,12 @@ def env() -> Env:
 
 
 @pytest.fixture
-def bare_env() -> Env:
+def bare_env(request: pytest.FixtureRequest) -> Env:
     """Like env, but the test starts the manager itself."""
     e = new_env()
     _bases.append(e.base)
     yield e
+    _dump_logs(request, e)
     problems = e.cleanup()
     if problems:
         pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)

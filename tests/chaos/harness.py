@@ -1,5 +1,5 @@
-"""The chaos harness: a seeded, concurrent workload (run, exec, kill, stop, rm; containers that log numbered lines;
-containers that exit on their own with codes the harness chose) while the manager and shims are SIGKILLed, the
+"""The chaos harness: a seeded, concurrent workload (run, exec, attach, kill, stop, rm; containers that log numbered
+lines; containers that exit on their own with codes the harness chose) while the manager and shims are SIGKILLed, the
 runtime fails or hangs, and the deterministic fault points fire. After every round the invariants are checked:
 
 - every container that should run still runs, with the same PID;
@@ -59,6 +59,8 @@ class Stats:
     creates_failed: int = 0
     exits_checked: int = 0
     execs_checked: int = 0
+    attaches: int = 0
+    attach_lines_checked: int = 0
     log_lines_checked: int = 0
     log_bytes_dropped: int = 0
     violations: list[str] = field(default_factory=list)
@@ -246,6 +248,35 @@ class Chaos:
         except ShimdError:
             pass  # the manager died, the container stopped or the runtime was told to fail: not a violation
 
+    def op_attach(self) -> None:
+        """`shimctl attach` to a counter for a moment (across a manager kill, when one comes): what it prints must
+        be the counter's lines, consecutive, none twice, none skipped."""
+        box = self._pick(("counter",))
+        if box is None:
+            return
+        with self.lock:
+            seconds = self.rng.uniform(0.3, 2.5)
+        p = subprocess.Popen([PY, "-m", "shimctl", "--address", self.env.sock, "attach", "--no-stdin", box.id],
+                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            out, _ = p.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        text = out.decode(errors="replace")
+        lines = text.split("\n")[:-1]  # the last piece may be cut short by the kill
+        numbers = []
+        for line in lines:
+            if not line.startswith("n ") or not line[2:].isdigit():
+                self.violation(f"{box.id}: attach printed {line!r}")
+                return
+            numbers.append(int(line[2:]))
+        if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            self.violation(f"{box.id}: attach lines not consecutive: {numbers[:3]}...{numbers[-3:]}")
+        with self.lock:
+            self.stats.attaches += 1
+            self.stats.attach_lines_checked += len(numbers)
+
     def _check_execs(self, c: Client) -> None:
         pending, self.execs = self.execs, []
         for box, exec_id, code in pending:
@@ -280,7 +311,8 @@ class Chaos:
         rng = self.rng
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
-        choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec]
+        choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
+                   self.op_attach]
         ops = [rng.choice(choices) for _ in range(rng.randint(2, 5))]
         threads = [threading.Thread(target=op) for op in ops]
         for t in threads:

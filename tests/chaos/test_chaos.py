@@ -112,6 +112,7 @@ def write_report(path: str, chaos: Chaos) -> None:
         ("containers created (attempted)", s.containers), ("creates refused cleanly (injected runtime failures)",
                                                            s.creates_failed),
         ("exits checked", s.exits_checked), ("exec exits checked", s.execs_checked),
+        ("attaches (lines checked)", f"{s.attaches} ({s.attach_lines_checked})"),
         ("log lines checked", s.log_lines_checked), ("log bytes dropped (disk full)", s.log_bytes_dropped),
         ("invariants violated", len(s.violations)),
     ]
