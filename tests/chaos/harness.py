@@ -27,6 +27,7 @@ from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
 from shimproto.rpc import Client
 from tests.harness import PY, REPO, Env, leftovers, our_processes, wait_for, zombies_of
 
+MAX_LIVE = 30  # containers; past this, rounds remove instead of creating
 SLAVE = ["unshare", "--mount", "--propagation", "slave", "--"]
 FLAKY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flaky-runtime")
 COUNTER = "i=0; while true; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done"
@@ -313,6 +314,10 @@ class Chaos:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
                    self.op_attach]
+        with self.lock:
+            live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
+        if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
+            choices = [self.op_rm if c == self.op_run else c for c in choices]
         ops = [rng.choice(choices) for _ in range(rng.randint(2, 5))]
         threads = [threading.Thread(target=op) for op in ops]
         for t in threads:

@@ -117,7 +117,9 @@ def write_report(path: str, chaos: Chaos) -> None:
         ("invariants violated", len(s.violations)),
     ]
     with open(path, "w") as f:
-        f.write("# Chaos report\n\nWritten by `make chaos` (tests/chaos/test_chaos.py); replay with the seed.\n\n")
+        f.write("# Chaos report\n\nWritten by `make chaos` (tests/chaos/test_chaos.py); replay with "
+                f"`CHAOS_SEED={s.seed} make chaos`. The log-filesystem-full scenario is a test of its own "
+                "(`test_chaos_with_the_log_filesystem_filling_up`, run by CI), so this run drops no log bytes.\n\n")
         f.write("| what | value |\n|---|---|\n")
         for k, v in rows:
             f.write(f"| {k} | {v} |\n")
