@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import psutil
 import pytest
@@ -49,31 +50,40 @@ def _dump_logs(request: pytest.FixtureRequest, e: Env) -> None:
         print(f"----- {path} (last {len(lines)} lines)\n" + "".join(lines))
 
 
-@pytest.fixture
-def env(request: pytest.FixtureRequest) -> Env:
-    """A fresh manager in its own temp --root/--state."""
+def _managed_env(request: pytest.FixtureRequest, start: bool):
     e = new_env()
     _bases.append(e.base)
-    e.start_manager()
+    if start:
+        e.start_manager()
     yield e
     _dump_logs(request, e)
     problems = e.cleanup()
     if problems:
         pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
     remove_base(e.base)
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest) -> Env:
+    """A fresh manager in its own temp --root/--state."""
+    yield from _managed_env(request, start=True)
 
 
 @pytest.fixture
 def bare_env(request: pytest.FixtureRequest) -> Env:
     """Like env, but the test starts the manager itself."""
-    e = new_env()
-    _bases.append(e.base)
-    yield e
-    _dump_logs(request, e)
-    problems = e.cleanup()
-    if problems:
-        pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
-    remove_base(e.base)
+    yield from _managed_env(request, start=False)
+
+
+@pytest.fixture
+def shared_root():
+    """Mark / shared, as systemd does at boot, for the length of the test (restarts under `unshare --propagation
+    slave` then mean what they do under MountFlags=slave); / is private again afterwards."""
+    subprocess.run(["mount", "--make-rshared", "/"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
 
 
 def session_leftovers() -> list[str]:

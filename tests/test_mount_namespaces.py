@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-
-import pytest
 
 SLAVE = ["unshare", "--mount", "--propagation", "slave", "--"]
 
@@ -27,16 +24,6 @@ def mounts_mentioning(text: str) -> list[str]:
         except OSError:
             continue
     return out
-
-
-@pytest.fixture
-def shared_root():
-    """Mark / shared, as systemd does at boot, for the length of the test."""
-    subprocess.run(["mount", "--make-rshared", "/"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
 
 
 def test_containers_of_one_manager_namespace_are_managed_by_the_next(bare_env, shared_root):

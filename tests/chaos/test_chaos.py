@@ -20,16 +20,6 @@ KILLS = int(os.environ.get("CHAOS_KILLS", "50"))
 BUDGET = float(os.environ.get("CHAOS_SECONDS", "280"))
 
 
-@pytest.fixture
-def shared_root():
-    """Mark / shared, as systemd does, so restarts under `unshare --propagation slave` mean what they do there."""
-    subprocess.run(["mount", "--make-rshared", "/"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-
-
 @pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT", "900")))
 def test_chaos(bare_env, shared_root):
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 32))
