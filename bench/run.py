@@ -58,7 +58,18 @@ def _wait(pred, timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
-class Shimd:
+class Daemon:
+    """A system with a daemon the memory figures kill and restart."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill_daemon(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(15)
+
+
+class Shimd(Daemon):
     name = "shimd"
 
     def __init__(self, base: str) -> None:
@@ -98,13 +109,7 @@ class Shimd:
                 if p.info["cmdline"] and "shimd" in " ".join(p.info["cmdline"][:3])
                 and "start" in p.info["cmdline"] and self.state in " ".join(p.info["cmdline"])]
 
-    def kill_daemon(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(15)
-
-
-class Containerd:
+class Containerd(Daemon):
     name = "containerd"
 
     def __init__(self, base: str, rootfs: str) -> None:
@@ -151,12 +156,6 @@ class Containerd:
         return [p for p in psutil.process_iter(["cmdline"])
                 if p.info["cmdline"] and p.info["cmdline"][0].endswith("containerd-shim-runc-v2")
                 and self.sock in " ".join(p.info["cmdline"])]
-
-    def kill_daemon(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(15)
-
 
 class Runc:
     name = "runc"
