@@ -132,11 +132,10 @@ class Containerd(Daemon):
                                      stdout=self.log, stderr=self.log)
 
     def listed_running(self) -> int:
-        p = subprocess.run(self.ctl("task", "ls", "-q"), capture_output=True, timeout=30)
+        p = subprocess.run(self.ctl("task", "ls"), capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
             return -1
-        q = subprocess.run(self.ctl("task", "ls"), capture_output=True, text=True, timeout=30)
-        return sum(" RUNNING" in line for line in q.stdout.splitlines())
+        return sum(" RUNNING" in line for line in p.stdout.splitlines())
 
     def run_true(self, id: str) -> float:
         return _timed(self.ctl("run", "--rm", "--env", "PATH=/bin", "--rootfs", self.rootfs, id, "/bin/true"))

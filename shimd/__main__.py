@@ -155,35 +155,16 @@ def delete(cfg: ShimConfig) -> int:
         except Exception as e:  # runtime NotFound is the usual case: nothing to delete
             print(f"shimd delete: runtime: {e}", file=sys.stderr)
 
-    _kill_live_shims(cfg.state_dir)
+    # a shim still serving this dir (it never reported ready, or ignored a shutdown) would outlive the dir with
+    # nobody to find it again
+    if killed := _sys.kill_shims_of(cfg.state_dir):
+        print(f"shimd delete: killed {killed} shim process(es) still running on {cfg.state_dir}", file=sys.stderr)
     asyncio.run(run())
     exit = recorded_exit(cfg.state_dir)
     _sys.unmount(os.path.join(cfg.state_dir, "bundle", "rootfs"))
     shutil.rmtree(cfg.state_dir, ignore_errors=True)
     print(json.dumps(exit.to_wire() if exit else None))
     return 0
-
-
-def _kill_live_shims(state_dir: str) -> None:
-    """A shim still serving this state dir (one that never reported ready, or ignored a shutdown) would outlive
-    its directory with nobody to find it again: kill it before the directory goes."""
-    import psutil
-
-    for _ in range(10):  # again until none is found: one may have been mid-fork (it daemonizes) during a scan
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if p.pid != os.getpid() and "start" in cmd and "--state" in cmd and \
-                    cmd.index("--state") + 1 < len(cmd) and cmd[cmd.index("--state") + 1] == state_dir:
-                try:
-                    p.kill()
-                    found.append(p)
-                except psutil.Error:
-                    pass
-        if not found:
-            return
-        print(f"shimd delete: killed {len(found)} shim process(es) still running on {state_dir}", file=sys.stderr)
-        psutil.wait_procs(found, timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The only home of the shim's raw syscalls: prctl, wait4, spawn, mount, unshare, mkfifo (ctypes lives here)."""
+"""The only home of the shim's raw syscalls: prctl, wait4, spawn, mount, unshare, mkfifo, kill (ctypes lives here)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,30 @@ def mkfifo(path: str) -> None:
 def send_signal(pid: int, sig: int) -> None:
     """Signal a process we reaped nothing of yet (our child or orphan), so its pid cannot have been reused."""
     os.kill(pid, sig)
+
+
+def kill_shims_of(state_dir: str) -> int:
+    """SIGKILL every `shimd start` process serving state_dir and wait until they are gone; how many were killed.
+    Scans again until a scan finds none: one may have been mid-fork (it daemonizes) during the previous scan."""
+    import psutil
+
+    killed = 0
+    for _ in range(10):
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if p.pid != os.getpid() and "start" in cmd and "--state" in cmd and \
+                    cmd[cmd.index("--state") + 1:][:1] == [state_dir]:
+                try:
+                    p.kill()
+                    found.append(p)
+                except psutil.Error:
+                    pass
+        if not found:
+            break
+        killed += len(found)
+        psutil.wait_procs(found, timeout=5)
+    return killed
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:

@@ -18,7 +18,7 @@ import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
 from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Unavailable, from_wire
-from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode
+from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode, encode_request
 
 Handler = Callable[[Params], Awaitable[object]]
 
@@ -132,9 +132,7 @@ class AsyncClient:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         rid = next(self._ids)
-        data = encode({"id": rid, "method": method, "params": params or {}})
-        if len(data) > MAX_MESSAGE:  # the peer's socket would drop the whole connection, not just this request
-            raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
+        data = encode_request(rid, method, params)
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
 
@@ -198,9 +196,7 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         rid = next(self._ids)
-        data = encode({"id": rid, "method": method, "params": params or {}})
-        if len(data) > MAX_MESSAGE:
-            raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
+        data = encode_request(rid, method, params)
         self._drain_monitor()
         while True:
             # After a disconnect, wait for the new connection: a message sent meanwhile can land in the pipe of

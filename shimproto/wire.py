@@ -20,6 +20,14 @@ def encode(obj: object) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def encode_request(rid: int, method: str, params: dict | None) -> bytes:
+    """A request frame; InvalidArgument when it passes the limit (the peer's socket would drop the connection)."""
+    data = encode({"id": rid, "method": method, "params": params or {}})
+    if len(data) > MAX_MESSAGE:
+        raise InvalidArgument(f"{method}: request of {len(data)} bytes exceeds the limit of {MAX_MESSAGE}")
+    return data
+
+
 def decode(frame: bytes) -> object:
     if len(frame) > MAX_MESSAGE:
         raise InvalidArgument(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE}")

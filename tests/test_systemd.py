@@ -576,13 +576,17 @@ def test_start_returns_after_ready_with_our_status_and_containers_run(sd):
     assert sd.ctl("ps", "-a", "-q").out == ""
 
 
-def test_restart_and_kill_9_keep_the_container_with_the_same_pid(sd):
+def _start_with_a_sleeper(sd) -> tuple[int, int, int]:
+    """Start the unit and a container "c" running sleep: (container pid, shim pid, manager pid)."""
     sd.start()
     sd.ok("run", "-d", "--name", "c", "busybox", "sleep", "100000")
-    before = sd.inspect("c")
-    pid, shim = before["pid"], before["shim_pid"]
+    info = sd.inspect("c")
+    return info["pid"], info["shim_pid"], sd.main_pid()
+
+
+def test_restart_and_kill_9_keep_the_container_with_the_same_pid(sd):
+    pid, shim, main1 = _start_with_a_sleeper(sd)
     assert sd.cmdline(pid) == "sleep 100000"
-    main1 = sd.main_pid()
 
     sd.systemctl("restart", UNIT)
     main2 = sd.main_pid()
@@ -650,11 +654,7 @@ def test_mountflags_slave_containers_of_one_start_are_removed_by_the_next(sd):
 
 
 def test_stop_leaves_containers_and_shims_running_and_start_finds_them(sd):
-    sd.start()
-    sd.ok("run", "-d", "--name", "c", "busybox", "sleep", "100000")
-    info = sd.inspect("c")
-    pid, shim = info["pid"], info["shim_pid"]
-    main = sd.main_pid()
+    pid, shim, main = _start_with_a_sleeper(sd)
 
     sd.systemctl("stop", UNIT)
     st = sd.show("ActiveState", "Result", "MainPID")

@@ -15,12 +15,12 @@ import os
 import secrets
 import time
 
-from shimproto.errors import AlreadyExists, InvalidArgument, ShimdError
+from shimproto.errors import AlreadyExists, InvalidArgument
 from shimproto.model import check_id
 from shimproto.wire import Params
 
 from .. import faults, images
-from ..registry import Entry, Manager, _wait_gone
+from ..registry import Entry, Manager
 from ..store import Meta
 
 NAME = "create"
@@ -103,18 +103,7 @@ async def handle(m: Manager, p: Params) -> dict:
 
 
 async def _undo(m: Manager, e: Entry) -> None:
-    """Take back a half-made container: the shim kills and deletes what it made and exits; drop the metadata."""
+    """Take back a half-made container, as a restarted manager does for a create it finds unfinished."""
     pid = e.shim_pid if e.client is not None else 0
-    if e.client is not None:
-        try:
-            await e.client.call("shutdown", {"id": e.id, "force": True}, timeout=30.0)
-        except ShimdError as err:
-            log.warning("[%s] undo create: shim shutdown: %s", e.id, err)
     m.disconnect(e)
-    if pid:
-        await _wait_gone(pid, e.id)  # `shimd delete` below kills a shim that is still there
-    from .. import launcher
-
-    await launcher.cleanup_dead(e.id, m.store.shim_dir(e.id), m.runtime, m.store.runc_root)
-    e.removed = True
-    m.store.remove(e.id)
+    await m.rollback_create(e, pid)

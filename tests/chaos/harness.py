@@ -134,7 +134,7 @@ class Chaos:
 
     # --- operations (run in threads; a lost answer makes the outcome "maybe") ------------------------------
 
-    def op_run(self, kind: str = "") -> None:
+    def op_run(self, kind: str = "") -> Box:
         with self.lock:
             self.n += 1
             id = f"{self.env.tag}-{self.n}"
@@ -157,6 +157,7 @@ class Chaos:
             self.stats.creates_failed += 1
         finally:
             c.close()
+        return box
 
     def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper")) -> Box | None:
         with self.lock:
@@ -164,7 +165,7 @@ class Chaos:
                     and b.id not in self.protected]
             return self.rng.choice(live) if live else None
 
-    def op_fill_disk(self) -> None:
+    def op_fill_disk(self) -> Box:
         """A container that writes until the log's filesystem is full, then exits 0."""
         with self.lock:
             self.n += 1
@@ -184,6 +185,7 @@ class Chaos:
             self.stats.creates_failed += 1
         finally:
             c.close()
+        return box
 
     def op_free_disk(self) -> None:
         with self.lock:
@@ -347,8 +349,7 @@ class Chaos:
             target = None
             if op == "delete":  # a fresh long-running container, so that every delete point is on its path
                 self.start()
-                self.op_run("counter")
-                target = self.boxes[f"{self.env.tag}-{self.n}"]
+                target = self.op_run("counter")
                 self.kill_manager()
             self.start(fault=point)
             before = self.env.proc

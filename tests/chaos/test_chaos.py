@@ -62,11 +62,9 @@ def test_chaos_with_the_log_filesystem_filling_up(bare_env):
         chaos.start()
         counters = []
         for _ in range(2):
-            chaos.op_run("counter")
-            counters.append(f"{env.tag}-{chaos.n}")
+            counters.append(chaos.op_run("counter").id)
         chaos.protected.update(counters)
-        chaos.op_fill_disk()
-        filler = f"{env.tag}-{chaos.n}"
+        filler = chaos.op_fill_disk().id
         assert env.ok("wait", filler).out.strip() == "0"  # it finished: the log filesystem is full
         while chaos.stats.manager_kills < 10 and time.monotonic() - t0 < 150:
             chaos.round()
