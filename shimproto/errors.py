@@ -54,6 +54,18 @@ class RuntimeFailed(ShimdError):
     code = "runtime_failed"
 
 
+class CommandNotFound(ShimdError):
+    """The container's (or exec's) command does not exist: docker's exit code 127."""
+
+    code = "command_not_found"
+
+
+class CannotInvoke(ShimdError):
+    """The command exists but cannot be run (not executable, a directory): docker's exit code 126."""
+
+    code = "cannot_invoke"
+
+
 class Internal(ShimdError):
     code = "internal"
 
@@ -61,7 +73,7 @@ class Internal(ShimdError):
 _BY_CODE: dict[str, type[ShimdError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InvalidArgument, InvalidState, Unavailable, DeadlineExceeded,
-                RuntimeFailed, Internal)
+                RuntimeFailed, CommandNotFound, CannotInvoke, Internal)
 }
 
 

@@ -20,6 +20,7 @@ CREATED = "created"
 RUNNING = "running"
 PAUSED = "paused"
 STOPPED = "stopped"
+DELETED = "deleted"  # a shim's container after `runc delete`: the shim is on its way out
 STATUSES = (CREATED, RUNNING, PAUSED, STOPPED)
 
 

@@ -1,0 +1,92 @@
+"""The one request model of a container: what a user asks for, written once.
+
+The CLI builds a ContainerSpec from its flags and sends `spec.to_wire()` as the `spec` param of `create`; the manager
+validates it with `ContainerSpec.from_wire` (every bad field is an InvalidArgument that names it), keeps it in the
+container's metadata, and hands the same wire form to the shim inside its create request (ShimCreate), with the
+paths only the manager knows. Nothing renames a field on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import InvalidArgument
+from .wire import Params
+
+MIN_MEMORY = 4 * 1024 * 1024
+MAX_LIMIT = 2**63 - 1  # what the kernel's cgroup files and runc's int64 fields can hold
+
+
+@dataclass
+class ContainerSpec:
+    args: list[str]
+    id: str = ""  # "" : the manager picks one
+    image: str = ""  # a built-in image name; exactly one of image and rootfs
+    rootfs: str = ""  # an absolute host directory, used read-only under an overlay
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    hostname: str = ""  # "" : the container id
+    tty: bool = False
+    stdin: bool = False
+    memory_limit: int | None = None
+    pids_limit: int | None = None
+    log_max_size: int = 0  # 0: never rotate
+    log_max_files: int = 5
+    auto_remove: bool = False
+
+    def to_wire(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: object, what: str = "create") -> ContainerSpec:
+        """Validate a wire map into a spec; unknown keys are ignored (a newer client may send more)."""
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"{what}: parameter 'spec' must be a map")
+        p = Params(f"{what}: spec", raw)
+        spec = cls(
+            args=p.strlist("args", required=True), id=p.str("id", ""), image=p.str("image", ""),
+            rootfs=p.str("rootfs", ""), env=p.strlist("env"), cwd=p.str("cwd", "/") or "/",
+            hostname=p.str("hostname", ""), tty=p.bool("tty"), stdin=p.bool("stdin"),
+            memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
+            log_max_size=p.int("log_max_size", 0), log_max_files=p.int("log_max_files", 5),
+            auto_remove=p.bool("auto_remove"),
+        )
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        if not self.args:
+            raise InvalidArgument("no command given for the container")
+        if bool(self.image) == bool(self.rootfs):
+            raise InvalidArgument("give exactly one of an image or --rootfs DIR")
+        if self.memory_limit is not None and not MIN_MEMORY <= self.memory_limit <= MAX_LIMIT:
+            raise InvalidArgument(f"memory limit {self.memory_limit} must be between 4 MiB and {MAX_LIMIT} bytes")
+        if self.pids_limit is not None and not 1 <= self.pids_limit <= MAX_LIMIT:
+            raise InvalidArgument(f"pids limit {self.pids_limit} must be between 1 and {MAX_LIMIT}")
+        if not 0 <= self.log_max_size <= MAX_LIMIT or not 2 <= self.log_max_files <= 1000:
+            raise InvalidArgument("log max-size must be >= 0 and max-file between 2 and 1000")
+        if not self.cwd.startswith("/"):
+            raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")
+
+
+@dataclass
+class ShimCreate:
+    """The shim's create request: the spec plus the paths the manager chose for it."""
+
+    spec: ContainerSpec
+    lower: str  # the read-only tree under the overlay (image or --rootfs)
+    upper: str
+    work: str
+    log_path: str
+    cgroups_path: str
+    files_dir: str  # where the shim writes the container's hostname, hosts and resolv.conf
+
+    def to_wire(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"},
+                "spec": self.spec.to_wire()}
+
+    @classmethod
+    def from_wire(cls, raw: dict) -> ShimCreate:
+        p = Params("create", raw)
+        return cls(spec=ContainerSpec.from_wire(p.map("spec", required=True)),
+                   **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.name != "spec"})
