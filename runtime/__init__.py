@@ -4,7 +4,8 @@ Knows nothing of the shim: processes are started and waited for through a Monito
 that the caller's single reaper stays the only waiter. Imports nothing else of ours.
 """
 
-from .errors import AlreadyExists, NotFound, NotRunning, RuntimeError_
+from .errors import AlreadyExists, CannotInvoke, CommandNotFound, NotFound, NotRunning, RuntimeError_
 from .runc import Monitor, Runc
 
-__all__ = ["AlreadyExists", "Monitor", "NotFound", "NotRunning", "Runc", "RuntimeError_"]
+__all__ = ["AlreadyExists", "CannotInvoke", "CommandNotFound", "Monitor", "NotFound", "NotRunning", "Runc",
+           "RuntimeError_"]

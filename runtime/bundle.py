@@ -22,6 +22,19 @@ MASKED = [
 READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
+@dataclass(frozen=True)
+class BindMount:
+    """A host file or directory bind-mounted into the container (e.g. /etc/hostname)."""
+
+    source: str
+    destination: str
+    readonly: bool = False
+
+    def to_oci(self) -> dict:
+        return {"destination": self.destination, "type": "bind", "source": self.source,
+                "options": ["rbind", "rprivate", "ro" if self.readonly else "rw"]}
+
+
 @dataclass
 class Spec:
     args: list[str]
@@ -34,6 +47,7 @@ class Spec:
     readonly_rootfs: bool = False
     memory_limit: int | None = None
     pids_limit: int | None = None
+    binds: list[BindMount] = field(default_factory=list)  # after the standard mounts, in this order
 
     def to_oci(self) -> dict:
         resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -69,6 +83,7 @@ class Spec:
                  "options": ["nosuid", "noexec", "nodev", "ro"]},
                 {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                  "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+                *(b.to_oci() for b in self.binds),
             ],
             "linux": {
                 "cgroupsPath": self.cgroups_path,
@@ -93,14 +108,32 @@ def write_bundle(bundle_dir: str, spec: Spec) -> str:
     return path
 
 
-def exec_process(base: dict, args: list[str], env: list[str] | None, cwd: str | None, terminal: bool) -> dict:
-    """An OCI process for `runc exec --process`: the container's own process spec with a new command."""
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """base with each K=V of extra replacing base's K (in place) or added at the end: docker's exec -e."""
+    out = list(base)
+    index = {e.split("=", 1)[0]: n for n, e in enumerate(out)}
+    for e in extra:
+        key = e.split("=", 1)[0]
+        if key in index:
+            out[index[key]] = e
+        else:
+            index[key] = len(out)
+            out.append(e)
+    return out
+
+
+def exec_process(base: dict, args: list[str], env: list[str] | None, cwd: str | None, terminal: bool,
+                 user: dict | None = None) -> dict:
+    """An OCI process for `runc exec --process`: the container's own process spec with a new command; env is
+    merged into the container's, user ({uid, gid, additionalGids?}) replaces the container's."""
     proc = json.loads(json.dumps(base))  # deep copy
     proc["args"] = args
     proc["terminal"] = terminal
     if env:
-        proc["env"] = list(env)
+        proc["env"] = merge_env(proc.get("env") or [], env)
     if cwd:
         proc["cwd"] = cwd
+    if user is not None:
+        proc["user"] = dict(user)
     proc.pop("consoleSize", None)
     return proc

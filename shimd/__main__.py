@@ -92,8 +92,7 @@ async def _serve(cfg: ShimConfig, log: logging.LoggerAdapter) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         # TERM takes the same path as the shutdown call without force: a shim that still owns a container
         # stays (killing the shim must never silently kill the container).
-        loop.add_signal_handler(sig, lambda: None if container.init and container.init.state.name != "deleted"
-                                else service.stop.set())
+        loop.add_signal_handler(sig, lambda: None if not container.gone else service.stop.set())
     serving = asyncio.create_task(server.serve())
     _report(cfg.ready_fd, f"ok {os.getpid()}")
     log.info("serving on %s", cfg.socket)

@@ -1,8 +1,14 @@
-"""Finding a container's memory cgroup and reading its OOM counter (cgroup v1 here; v2 where that is the layout)."""
+"""Finding a container's memory cgroup, reading its OOM counter and watching for OOMs (cgroup v1 here; v2 where
+that is the layout)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from collections.abc import Callable
+
+from . import sys as _sys
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -55,3 +61,38 @@ def oom_kills(memcg: tuple[str, int] | None) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+class OomWatch:
+    """The OOM side of one run of a container: its memory cgroup's kill counter and, on cgroup v1, an eventfd the
+    kernel signals on every OOM (cgroup v2 has no live event here; the exit-time counter still reports it)."""
+
+    def __init__(self, pid: int, on_oom: Callable[[], None], log: logging.LoggerAdapter) -> None:
+        self.memcg = memory_dir(pid)
+        self._on_oom = on_oom
+        self._fds: tuple[int, int] | None = None
+        if self.memcg is None or self.memcg[1] != 1:
+            return
+        try:
+            self._fds = _sys.oom_eventfd_v1(self.memcg[0])
+        except OSError as e:
+            log.warning("no OOM notifications: %s", e)
+            return
+        asyncio.get_running_loop().add_reader(self._fds[0], self._readable)
+
+    def _readable(self) -> None:
+        try:
+            os.read(self._fds[0], 8)  # type: ignore[index]
+        except BlockingIOError:
+            return
+        self._on_oom()
+
+    def kills(self) -> int:
+        return oom_kills(self.memcg)
+
+    def close(self) -> None:
+        if self._fds is not None:
+            asyncio.get_running_loop().remove_reader(self._fds[0])
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None

@@ -1,9 +1,12 @@
-"""One container as its shim owns it: writable root, bundle, log, event journal, OOM watch, the init process and
-its exec processes.
+"""One container as its shim owns it: writable root, bundle, /etc files, log, event journal, OOM watch, the init
+process of the current run and its exec processes.
 
-Life: create (mount the overlay, write the bundle, `runc create` with the stdio the init needs) -> start -> exits
-(each written durably, then journaled, then waiters woken) -> delete (`runc delete`, unmount, remove the shim's
-state). Mounts are made in the shim's private mount namespace, so only the shim can see or undo them.
+Life: create (mount the overlay, write /etc/hostname, hosts, resolv.conf and the bundle, `runc create` with the
+stdio the init needs) -> start -> exits (each written durably, then journaled, then waiters woken) -> restart (a
+new run: `runc delete`, create and start again on the same root, log and stdio set-up) or delete (`runc delete`,
+unmount, remove the shim's state). Mounts are made in the shim's private mount namespace, so only the shim can see
+or undo them. Processes get a narrow ProcessContext; what spans processes (waiting for exec exits before the init's
+exit is published, the OOM count, teardown after the init is deleted) is done here.
 """
 
 from __future__ import annotations
@@ -13,46 +16,29 @@ import logging
 import os
 import shutil
 import signal
-from dataclasses import dataclass
 
 from runtime.bundle import DEFAULT_ENV, Spec, write_bundle
 from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from shimproto.fsutil import read_json
-from shimproto.model import CREATED, STOPPED, ExitStatus, check_id
+from shimproto.model import CREATED, DELETED, STOPPED, ExitStatus, check_id
+from shimproto.spec import ShimCreate
 
-from . import cgroup
 from . import sys as _sys
+from .cgroup import OomWatch
+from .etcfiles import write_etc_files
 from .events import Journal
-from .io.log import LogWriter
+from .io.log import PLAIN, LogWriter, ReadOpts
 from .io.stdio import ProcessIO
+from .process.context import ExitHooks, ProcessContext
 from .process.process import ExecProcess, InitProcess, Process
 from .reaper import Reaper
+from .users import resolve_user
 
 EXIT_FILE = "exit.json"
 KEEP = ("shim.sock", "shim.pid", "shim.log")
-
-
-@dataclass
-class CreateRequest:
-    """What the manager asks for. Paths are absolute; lower is the shared read-only image tree."""
-
-    lower: str
-    upper: str
-    work: str
-    log_path: str
-    args: list[str]
-    env: list[str]
-    cwd: str = "/"
-    hostname: str = ""
-    cgroups_path: str = ""
-    memory_limit: int | None = None
-    pids_limit: int | None = None
-    terminal: bool = False
-    stdin: bool = False
-    log_max_size: int = 0
-    log_max_files: int = 5
+EXEC_EXITS_GRACE = 5.0  # how long the init's exit waits for exec processes the kernel is killing
 
 
 class Container:
@@ -62,14 +48,17 @@ class Container:
         self.bundle = os.path.join(state_dir, "bundle")
         self.rootfs = os.path.join(self.bundle, "rootfs")
         self.runc = runc
-        self.reaper = reaper
         self.log = log
         self.journal = Journal(os.path.join(state_dir, "events.journal"), id)
+        self.ctx = ProcessContext(id=id, bundle=self.bundle, runtime=runc, reaper=reaper, journal=self.journal,
+                                  log=log)
         self.init: InitProcess | None = None
         self.execs: dict[str, ExecProcess] = {}
+        self.req: ShimCreate | None = None
         self.log_path = ""
-        self._memcg: tuple[str, int] | None = None
-        self._oom_fds: tuple[int, int] | None = None
+        self._writer: LogWriter | None = None
+        self._oom: OomWatch | None = None
+        self._torn_down = False
         self._delete_lock = asyncio.Lock()
 
     # --- lookups -------------------------------------------------------------------------------------------
@@ -87,78 +76,100 @@ class Container:
             raise NotFound(f"no exec process {exec_id!r} in container {self.id}")
         return p
 
-    # --- create --------------------------------------------------------------------------------------------
+    # --- create, restart -----------------------------------------------------------------------------------
 
-    async def create(self, req: CreateRequest) -> None:
+    async def create(self, req: ShimCreate) -> None:
         if self.init is not None:
             raise InvalidState(f"container {self.id} is already created")
         if not os.path.isdir(req.lower):
             raise InvalidArgument(f"rootfs {req.lower} is not a directory")
-        if not req.args:
-            raise InvalidArgument("no command given for the container")
+        spec = req.spec
         for d in (req.upper, req.work, self.rootfs, os.path.dirname(req.log_path)):
             os.makedirs(d, mode=0o711, exist_ok=True)
         _sys.mount_overlay(req.lower, req.upper, req.work, self.rootfs)
-        writer = io = None
         try:
+            hostname = spec.hostname or self.id
             write_bundle(self.bundle, Spec(
-                args=req.args, env=req.env or list(DEFAULT_ENV), cwd=req.cwd, hostname=req.hostname or self.id,
-                cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=req.terminal,
-                memory_limit=req.memory_limit, pids_limit=req.pids_limit,
+                args=spec.args, env=spec.env or list(DEFAULT_ENV), cwd=spec.cwd or "/", hostname=hostname,
+                cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
+                memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
+                binds=write_etc_files(req.files_dir, hostname),
             ))
-            writer = LogWriter(req.log_path, req.log_max_size, req.log_max_files)
-            io = ProcessIO(self.state_dir, "init", writer, req.terminal, req.stdin)
+            self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
+            self.init = await self._create_init(req)
+        except BaseException:
+            if self._writer is not None:
+                self._writer.close()
+            _sys.unmount(self.rootfs)
+            raise
+        self.req = req
+        self.log_path = req.log_path
+
+    async def _create_init(self, req: ShimCreate) -> InitProcess:
+        """`runc create` of one run of the container on the bundle already written; the log is self._writer."""
+        io = ProcessIO(self.state_dir, "init", self._writer, req.spec.tty, req.spec.stdin)
+        try:
             stdin, stdout, stderr, console = io.prepare()
             pid_file = os.path.join(self.state_dir, "init.pid")
-            init = InitProcess(self, "", io, writer, os.path.join(self.state_dir, EXIT_FILE))
-            with self.reaper.subscribe() as sub:
+            init = InitProcess(self.ctx, "", io, self._writer, os.path.join(self.state_dir, EXIT_FILE),
+                               ExitHooks(before_exit=self._execs_exited, oom_killed=self._oom_killed))
+            with self.ctx.reaper.subscribe() as sub:
                 await self.runc.create(self.id, self.bundle, CreateOpts(pid_file=pid_file, console_socket=console),
                                        stdin=stdin, stdout=stdout, stderr=stderr)
                 with open(pid_file) as f:
                     init.pid = int(f.read().strip())
-                init.watch_exit(self.reaper.watch(init.pid, sub))
+                init.watch_exit(self.ctx.reaper.watch(init.pid, sub))
             await io.started()
         except BaseException:
-            if io is not None:
-                io.close()
-            if writer is not None:
-                writer.close()
-            _sys.unmount(self.rootfs)
+            io.close()
             raise
-        self.init = init
-        self.log_path = req.log_path
-        self._watch_oom(init.pid)
+        self._oom = OomWatch(init.pid, self._on_oom, self.log)
         self.journal.emit("create", pid=init.pid)
         self.log.info("created, init pid %d", init.pid)
+        return init
 
-    def _watch_oom(self, pid: int) -> None:
-        self._memcg = cgroup.memory_dir(pid)
-        if self._memcg is None or self._memcg[1] != 1:
-            return  # v2: the exit-time counter still reports oom_killed; no live event
-        try:
-            self._oom_fds = _sys.oom_eventfd_v1(self._memcg[0])
-        except OSError as e:
-            self.log.warning("no OOM notifications: %s", e)
-            return
-        asyncio.get_running_loop().add_reader(self._oom_fds[0], self._on_oom)
+    async def restart(self, start: bool) -> None:
+        """A new run of a stopped container: `runc delete` of the old one, create (and start) again with the same
+        bundle, writable layer, log (appended to) and stdio set-up."""
+        async with self._delete_lock:
+            init = self._init()
+            await init.restart()  # refused unless stopped: "cannot restart a running container"
+            self._end_run()
+            for name in (EXIT_FILE, "init.pid"):
+                if os.path.exists(os.path.join(self.state_dir, name)):
+                    os.unlink(os.path.join(self.state_dir, name))
+            assert self.req is not None and self._writer is not None
+            self._writer.resume()
+            self.init = await self._create_init(self.req)
+        if start:
+            await self.start()
+
+    def _end_run(self) -> None:
+        """What belongs to one run only: its exec processes and its OOM watch."""
+        if self._oom is not None:
+            self._oom.close()
+            self._oom = None
+        for p in list(self.execs.values()):
+            p.discard()
+        self.execs.clear()
+
+    # --- what spans processes ------------------------------------------------------------------------------
+
+    async def _execs_exited(self) -> None:
+        """Before the init's exit is published: its exec processes' exits, which the kernel is delivering."""
+        running = [e.exited.wait() for e in self.execs.values() if e.pid and not e.exited.is_set()]
+        if running:
+            await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=EXEC_EXITS_GRACE)
 
     def _on_oom(self) -> None:
-        try:
-            os.read(self._oom_fds[0], 8)  # type: ignore[index]
-        except BlockingIOError:
-            return
         self.journal.emit("oom")
         self.log.warning("OOM in container")
 
     def oom_kills(self) -> int:
-        return cgroup.oom_kills(self._memcg)
+        return self._oom.kills() if self._oom is not None else 0
 
-    def _stop_oom_watch(self) -> None:
-        if self._oom_fds is not None:
-            asyncio.get_running_loop().remove_reader(self._oom_fds[0])
-            for fd in self._oom_fds:
-                os.close(fd)
-            self._oom_fds = None
+    def _oom_killed(self) -> bool:
+        return self.oom_kills() > 0
 
     # --- container operations ------------------------------------------------------------------------------
 
@@ -213,7 +224,7 @@ class Container:
         return out
 
     async def exec(self, exec_id: str, args: list[str], env: list[str], cwd: str, terminal: bool, stdin: bool,
-                   attach: bool) -> ExecProcess:
+                   attach: bool, user: str = "") -> ExecProcess:
         check_id(exec_id, "exec id")
         init = self._init()
         init.state.check_exec(init)
@@ -221,11 +232,14 @@ class Container:
             raise AlreadyExists(f"exec id {exec_id!r} is already in use in container {self.id}")
         if not args:
             raise InvalidArgument("no command given for exec")
+        if cwd and not cwd.startswith("/"):
+            raise InvalidArgument(f"exec: working directory {cwd!r} must be an absolute path")
+        oci_user = resolve_user(self.rootfs, user) if user else None
         d = os.path.join(self.state_dir, "execs", exec_id)
         os.makedirs(d, mode=0o700)
         writer = LogWriter(os.path.join(os.path.dirname(self.log_path), f"exec-{exec_id}.log")) if attach else None
         io = ProcessIO(d, "io", writer, terminal, stdin)
-        p = ExecProcess(self, exec_id, io, writer, d, args, env, cwd or "")
+        p = ExecProcess(self.ctx, exec_id, io, writer, d, args, env, cwd or "", oci_user)
         self.execs[exec_id] = p
         self.journal.emit("exec-added", exec_id)
         try:
@@ -252,38 +266,42 @@ class Container:
         p.io.resize(rows, cols)
 
     def reopen_log(self) -> None:
-        init = self._init()
-        if init.log is not None:
-            init.log.reopen()
+        if self._writer is not None:
+            self._writer.reopen()
 
     async def delete(self, exec_id: str = "") -> ExitStatus | None:
         if exec_id:
             p = self.process(exec_id)
             await p.delete()
+            self.execs.pop(exec_id, None)
             return p.exit
         async with self._delete_lock:
             init = self._init()
             if init.state.name == CREATED:  # kill the waiting init first; its exit makes the container stopped
                 await init.do_kill(signal.SIGKILL, True)
                 await init.exited.wait()
-            await init.delete()
+            if init.state.name != DELETED or self._torn_down:  # DELETED, not torn down: a restart that failed
+                await init.delete()
+            await self.teardown()
         return init.exit
 
     async def destroy(self) -> ExitStatus | None:
         """Kill whatever runs (SIGKILL to every process), wait for the exit, delete: shutdown with force."""
         init = self._init()
-        if init.state.name not in (CREATED, STOPPED, "deleted"):
+        if init.state.name not in (CREATED, STOPPED, DELETED):
             await init.do_kill(signal.SIGKILL, True)
             await init.exited.wait()
-        if init.state.name != "deleted":
+        if not self._torn_down:
             return await self.delete()
         return init.exit
 
     async def teardown(self) -> None:
-        """After `runc delete`: unmount and remove the shim's state (its socket, pid and log stay until exit)."""
-        self._stop_oom_watch()
-        for p in list(self.execs.values()):
-            p.discard()
+        """After the init is deleted: unmount and remove the shim's state (its socket, pid and log stay until
+        exit)."""
+        self._torn_down = True
+        self._end_run()
+        if self._writer is not None:
+            self._writer.close()
         _sys.unmount(self.rootfs)
         self.journal.emit("delete")
         self.journal.close()
@@ -291,6 +309,11 @@ class Container:
             if name not in KEEP:
                 path = os.path.join(self.state_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+    @property
+    def gone(self) -> bool:
+        """Nothing left to own: the shim may exit."""
+        return self.init is None or self._torn_down
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -306,14 +329,17 @@ class Container:
             "execs": [p.describe() for p in self.execs.values()],
         }
 
-    async def logs(self, exec_id: str, cur: int, follow: bool, timeout: float, max_bytes: int) -> dict:
+    async def logs(self, exec_id: str, cur: int, follow: bool, timeout: float, max_bytes: int, tail: int = -1,
+                   opts: ReadOpts = PLAIN) -> dict:
         p = self.process(exec_id)
-        records, new, done = p.logs(cur, max_bytes)
-        if not records and follow and not done and p.log is not None:
+        if tail >= 0 and p.log is not None:
+            cur = p.log.tail_cursor(tail)
+        records, new, done = p.logs(cur, max_bytes, opts)
+        if not records and follow and not done and p.log is not None and p.log.at_end(new):
             await p.log.changed(timeout)
-            records, new, done = p.logs(new, max_bytes)
-        return {"records": records, "cursor": new, "eof": done if follow else (p.log is None or
-                                                                              p.log.at_end(new))}
+            records, new, done = p.logs(new, max_bytes, opts)
+        return {"records": records, "cursor": new,
+                "eof": done if follow else (done or p.log is None or p.log.at_end(new))}
 
 
 def recorded_exit(state_dir: str) -> ExitStatus | None:

@@ -2,7 +2,8 @@
 
 This is the one place where the shim's errors meet wire codes: runtime errors are translated by the table below;
 everything else that is not a ShimdError becomes INTERNAL in the dispatcher (shimproto.rpc.Server). Methods that
-act on a process take an optional exec_id ("" or absent: the init).
+act on a process take an optional exec_id ("" or absent: the init). Mutating methods take an optional `key`
+(KeyedCalls): a repeated call is answered with the first call's outcome instead of running again.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import errno
 import runtime.errors as rt
 from shimproto import errors as wire
 from shimproto.model import parse_signal
+from shimproto.spec import ShimCreate
 from shimproto.wire import MAX_MESSAGE, Params
 
-from .container import Container, CreateRequest
+from .container import Container
+from .io.log import ReadOpts
+from .keys import KeyedCalls
 
 LONG_POLL_MAX = 60.0
 
@@ -23,8 +27,14 @@ _RUNTIME_TO_WIRE: dict[type[rt.RuntimeError_], type[wire.ShimdError]] = {
     rt.NotFound: wire.NotFound,
     rt.AlreadyExists: wire.AlreadyExists,
     rt.NotRunning: wire.InvalidState,
+    rt.CommandNotFound: wire.CommandNotFound,
+    rt.CannotInvoke: wire.CannotInvoke,
     rt.RuntimeError_: wire.RuntimeFailed,
 }
+
+MUTATING = ("create", "start", "kill", "exec", "write_stdin", "close_stdin", "resize", "pause", "resume", "update",
+            "delete", "shutdown", "restart")
+QUERIES = ("state", "pids", "stats", "wait", "logs", "events", "reopen_log", "ping")
 
 
 def translate(exc: Exception) -> wire.ShimdError | None:
@@ -46,30 +56,35 @@ class ShimService:
     def __init__(self, container: Container) -> None:
         self.c = container
         self.stop = asyncio.Event()
+        self.keyed = KeyedCalls()
 
     def handlers(self) -> dict:
-        return {name: getattr(self, name) for name in (
-            "create", "start", "state", "pids", "kill", "exec", "write_stdin", "close_stdin", "resize", "pause",
-            "resume", "update", "stats", "wait", "logs", "events", "reopen_log", "delete", "shutdown", "ping")}
+        out = {name: getattr(self, name) for name in QUERIES}
+        out |= {name: self.keyed.wrap(name, getattr(self, name), self._repeat) for name in MUTATING}
+        return out
+
+    def _repeat(self, method: str, p: Params, result: object) -> object:
+        """A repeat's answer from the first call's result: an exec is described as it is now (so the caller can
+        go on to read its output and wait for its exit)."""
+        if method == "exec" and isinstance(result, dict):
+            p2 = self.c.execs.get(str(result.get("exec_id", "")))
+            return p2.describe() if p2 is not None else result
+        return result
 
     async def ping(self, p: Params) -> dict:
         return {"id": self.c.id}
 
     async def create(self, p: Params) -> dict:
-        req = CreateRequest(
-            lower=p.str("lower", required=True), upper=p.str("upper", required=True),
-            work=p.str("work", required=True), log_path=p.str("log_path", required=True),
-            args=p.strlist("args", required=True), env=p.strlist("env"), cwd=p.str("cwd", "/"),
-            hostname=p.str("hostname", ""), cgroups_path=p.str("cgroups_path", ""),
-            memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
-            terminal=p.bool("terminal"), stdin=p.bool("stdin"),
-            log_max_size=max(0, p.int("log_max_size", 0)), log_max_files=p.int("log_max_files", 5),
-        )
-        await self.c.create(req)
+        await self.c.create(ShimCreate.from_wire(p.raw))
         return self.c.describe()
 
     async def start(self, p: Params) -> dict:
         await self.c.start()
+        return self.c.describe()
+
+    async def restart(self, p: Params) -> dict:
+        """A new run of a stopped container (InvalidState otherwise); started too when start is true."""
+        await self.c.restart(p.bool("start"))
         return self.c.describe()
 
     async def state(self, p: Params) -> dict:
@@ -84,7 +99,7 @@ class ShimService:
     async def exec(self, p: Params) -> dict:
         proc = await self.c.exec(
             p.str("exec_id", required=True), p.strlist("args", required=True), p.strlist("env"),
-            p.str("cwd", ""), p.bool("terminal"), p.bool("stdin"), p.bool("attach"))
+            p.str("cwd", ""), p.bool("terminal"), p.bool("stdin"), p.bool("attach"), p.str("user", ""))
         return proc.describe()
 
     async def write_stdin(self, p: Params) -> None:
@@ -122,9 +137,15 @@ class ShimService:
         return await self.c.process(p.str("exec_id", "")).wait(_timeout(p))
 
     async def logs(self, p: Params) -> dict:
+        """Records from cursor; tail >= 0 starts at the last `tail` lines instead; since/until (unix ns, 0:
+        unbounded, inclusive) filter by each record's time; timestamps adds it to each record."""
         max_bytes = max(4096, min(p.int("max_bytes", 1 << 20), MAX_MESSAGE // 2))
+        since, until = p.int("since", 0), p.int("until", 0)
+        if since < 0 or until < 0:
+            raise wire.InvalidArgument("logs: since and until must be unix nanoseconds (0: unbounded)")
+        opts = ReadOpts(since=since, until=until, timestamps=p.bool("timestamps"))
         return await self.c.logs(p.str("exec_id", ""), p.int("cursor", 0), p.bool("follow"), _timeout(p),
-                                 max_bytes)
+                                 max_bytes, p.int("tail", -1), opts)
 
     async def events(self, p: Params) -> dict:
         since = p.int("since", 0)
@@ -149,7 +170,7 @@ class ShimService:
     async def shutdown(self, p: Params) -> None:
         """Exit the shim. Refused while it still owns a container, unless force (the container is then killed)."""
         init = self.c.init
-        if init is not None and init.state.name != "deleted":
+        if init is not None and not self.c.gone:
             if not p.bool("force"):
                 raise wire.InvalidState(
                     f"cannot shut down the shim of {init.state.name} container {self.c.id}; delete it")

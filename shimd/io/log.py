@@ -3,15 +3,21 @@
 Each record is `<RFC3339Nano> <stdout|stderr> <F|P> <text>\n`: F ends a line, P is a fragment whose line goes on in
 the next record of the same stream. Records are written with one write(2) each, to a file opened O_APPEND, so a
 reader that stops at the last newline never sees half a record. A log cursor is a byte offset into the file.
+
+Readers may filter by time (since/until, inclusive, unix nanoseconds from each record's own timestamp), ask for
+each record's time, and start at the last N lines (tail) found by reading the files backwards from the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import errno
 import logging
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from shimproto.model import rfc3339
 
@@ -29,25 +35,94 @@ def format_records(stream: str, data: bytes, now_ns: int) -> bytes:
     return b"".join(out)
 
 
-def parse_records(buf: bytes) -> tuple[list[list], int]:
-    """Parse complete records from buf: ([[stream, text_bytes_with_newline_if_F], ...], bytes consumed)."""
+@dataclass(frozen=True)
+class ReadOpts:
+    since: int = 0  # unix ns; 0: unbounded
+    until: int = 0
+    timestamps: bool = False  # records are [stream, data, time_ns] instead of [stream, data]
+
+    @property
+    def needs_time(self) -> bool:
+        return bool(self.since or self.until or self.timestamps)
+
+
+PLAIN = ReadOpts()
+
+
+def parse_ts(ts: bytes) -> int:
+    """RFC3339 (as format_records writes it, fraction optional) -> unix ns; 0 when unreadable."""
+    try:
+        secs = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]), int(ts[11:13]), int(ts[14:16]),
+                                int(ts[17:19]), 0, 0, 0))
+        frac = ts[20:-1] if ts[19:20] == b"." else b""
+        return secs * 1_000_000_000 + int((frac + b"000000000")[:9])
+    except ValueError:
+        return 0
+
+
+def parse_page(buf: bytes, opts: ReadOpts = PLAIN) -> tuple[list[list], int, bool]:
+    """Complete records of buf: (records, bytes consumed, a record later than opts.until was met).
+
+    Consecutive records of one stream are merged ([stream, text]; F records end with a newline); with
+    timestamps only records of one stream and one time are ([stream, text, ns]). With until, parsing stops at the
+    first later record and does not consume it."""
     end = buf.rfind(b"\n")
     if end < 0:
-        return [], 0
+        return [], 0, False
     out: list[list] = []
+    timed = opts.needs_time
+    last_raw, ns, used = b"", 0, 0
     for line in buf[: end + 1].split(b"\n")[:-1]:
         parts = line.split(b" ", 3)
         if len(parts) < 4:
             parts += [b""] * (4 - len(parts))
-        _, stream, tag, text = parts
+        raw, stream, tag, text = parts
+        if timed:
+            if raw != last_raw:
+                last_raw, ns = raw, parse_ts(raw)
+            if opts.until and ns > opts.until:
+                return out, used, True
+        used += len(line) + 1
+        if timed and ns < opts.since:
+            continue
         if tag == b"F":
             text += b"\n"
         s = stream.decode(errors="replace")
-        if out and out[-1][0] == s:
+        if out and out[-1][0] == s and (not opts.timestamps or out[-1][2] == ns):
             out[-1][1] += text
         else:
-            out.append([s, text])
-    return out, end + 1
+            out.append([s, text, ns] if opts.timestamps else [s, text])
+    return out, used, False
+
+
+def parse_records(buf: bytes) -> tuple[list[list], int]:
+    """Parse complete records from buf: ([[stream, text_bytes_with_newline_if_F], ...], bytes consumed)."""
+    records, used, _ = parse_page(buf)
+    return records, used
+
+
+def lines_backward(path: str, size: int, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
+    """(offset, record line) of each complete record in path's first size bytes, last first."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        pos, tail = size, b""
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            buf = f.read(pos - start) + tail
+            data = buf[: buf.rfind(b"\n") + 1]  # a torn record at the very end is not a record
+            lines = data.split(b"\n")[:-1]
+            tail = b""
+            if start > 0 and lines:  # the first line may begin in the block before: carry it back
+                tail = lines.pop(0) + b"\n"
+            off = start + len(data)
+            for line in reversed(lines):
+                off -= len(line) + 1
+                yield off, line
+            pos = start
 
 
 GEN_SHIFT = 40  # a cursor is generation << 40 | byte offset in that generation's file
@@ -200,35 +275,82 @@ class LogWriter:
             self.closed = True
             self._notify()
 
-    def read(self, cur: int, max_bytes: int) -> tuple[list[list], int]:
-        """Records from cursor cur across generations: (records, next cursor)."""
+    def resume(self) -> None:
+        """Open the log again after close (a restarted container appends to it): generations and cursors go on."""
+        if self.closed:
+            self.fd = self._open()
+            self.size = os.fstat(self.fd).st_size
+            self.closed = False
+            self._notify()
+
+    def _file(self, gen: int) -> tuple[str, int]:
+        """(path, size) of a kept generation."""
+        idx = self.kept.index(gen)
+        if idx == 0:
+            return self.path, self.size
+        path = f"{self.path}.{idx}"
+        try:
+            return path, os.stat(path).st_size
+        except FileNotFoundError:
+            return path, 0
+
+    def read(self, cur: int, max_bytes: int, opts: ReadOpts = PLAIN) -> tuple[list[list], int, bool]:
+        """Records from cursor cur across generations: (records, next cursor, past opts.until)."""
         gen, off = cur >> GEN_SHIFT, cur & OFFSET_MASK
         if gen > self.gen:
             gen, off = self.gen, self.size
         while True:
             if gen not in self.kept:  # rotated away or moved away: go on with the next one still here
                 gen, off = min(g for g in self.kept if g > gen), 0
-            idx = self.kept.index(gen)
-            path = self.path if idx == 0 else f"{self.path}.{idx}"
-            records, new_off = read_log(path, off, max_bytes)
-            if records or gen == self.gen:
-                return records, cursor(gen, new_off)
-            gen, off = self.kept[idx - 1], 0
+            path, size = self._file(gen)
+            if opts.since and off == 0 and gen != self.gen and self._ends_before(path, size, opts.since):
+                records, new_off, past = [], size, False  # a whole rotated file before since: not read at all
+            else:
+                records, new_off, past = read_log(path, off, max_bytes, opts)
+            if records or past or gen == self.gen:
+                return records, cursor(gen, new_off), past
+            gen, off = self.kept[self.kept.index(gen) - 1], 0
+
+    @staticmethod
+    def _ends_before(path: str, size: int, since: int) -> bool:
+        for _, line in lines_backward(path, size):
+            return parse_ts(line.split(b" ", 1)[0]) < since
+        return True
+
+    def tail_cursor(self, n: int) -> int:
+        """The cursor of the first of the last n lines on disk now (a trailing unfinished line counts as one);
+        the oldest kept data when there are fewer."""
+        if n <= 0:
+            return self.end
+        lines, seen = 0, False
+        for gen in self.kept:
+            path, size = self._file(gen)
+            after = size  # where the line that follows the record being looked at starts
+            for off, line in lines_backward(path, size):
+                if line.split(b" ", 3)[2:3] == [b"F"]:
+                    if lines == n:
+                        return cursor(gen, after)
+                    lines += 1
+                elif not seen:
+                    lines += 1
+                seen = True
+                after = off
+        return cursor(self.kept[-1], 0)
 
     def at_end(self, cur: int) -> bool:
         return cur >= self.end
 
 
-def read_log(path: str, offset: int, max_bytes: int) -> tuple[list[list], int]:
-    """Records from byte offset in one file, at most about max_bytes of it: (records, new offset)."""
+def read_log(path: str, offset: int, max_bytes: int, opts: ReadOpts = PLAIN) -> tuple[list[list], int, bool]:
+    """Records from byte offset in one file, at most about max_bytes of it: (records, new offset, past until)."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             buf = f.read(max_bytes)
-            records, used = parse_records(buf)
-            if used == 0 and len(buf) == max_bytes:  # one record longer than max_bytes: take it whole
+            records, used, past = parse_page(buf, opts)
+            if used == 0 and not past and len(buf) == max_bytes:  # one record longer than max_bytes: take it whole
                 f.seek(offset)
-                records, used = parse_records(f.readline())
+                records, used, past = parse_page(f.readline(), opts)
     except FileNotFoundError:
-        return [], offset
-    return records, offset + used
+        return [], offset, False
+    return records, offset + used, past

@@ -9,12 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shimproto.errors import InvalidState
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
+from shimproto.model import CREATED, DELETED, PAUSED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
     from .process import Process
-
-DELETED = "deleted"
 
 # (state, event) -> next state. Anything not listed is illegal.
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -26,6 +24,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (PAUSED, "resume"): RUNNING,
     (PAUSED, "exit"): STOPPED,
     (STOPPED, "delete"): DELETED,
+    (STOPPED, "restart"): DELETED,  # this run's runtime container is deleted; the next run is a new process
 }
 
 
@@ -56,6 +55,9 @@ class State:
 
     async def delete(self, p: Process) -> None:
         raise self._refuse(p, "delete")
+
+    async def restart(self, p: Process) -> None:
+        raise self._refuse(p, "restart")
 
     def check_exec(self, p: Process) -> None:
         """May a new exec process join this (init) process's container?"""
@@ -115,6 +117,9 @@ class Stopped(State):
 
     async def delete(self, p: Process) -> None:
         await p.do_delete()
+
+    async def restart(self, p: Process) -> None:
+        await p.do_restart()
 
 
 class Deleted(State):

@@ -1,7 +1,9 @@
 """The init process and exec processes: what each does in each operation its state allows.
 
-A process's exit is handled only after a concurrent start of it has finished (so its start event always precedes
-its exit event), and the init's exit waits for the exit of every exec process first (the kernel kills them when
+A process sees its container only through a ProcessContext (id, bundle, runtime, reaper, journal, logger); the
+container does what spans processes and hands it in as ExitHooks. A process's exit is handled only after a
+concurrent start of it has finished (so its start event always precedes its exit event), and the init's exit
+awaits its hooks' before_exit first (the container waits there for its exec processes, which the kernel kills when
 the init dies), so exec exits always precede the init's. Before an exit is published it is written durably.
 """
 
@@ -12,29 +14,27 @@ import json
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING
 
 from runtime.bundle import exec_process
 from runtime.opts import DeleteOpts, ExecOpts, KillOpts
+from shimproto.errors import InvalidState
 from shimproto.fsutil import write_json
 from shimproto.model import CREATED, ExitStatus
 
 from .. import sys as _sys
-from ..io.log import LogWriter
+from ..io.log import PLAIN, LogWriter, ReadOpts
 from ..io.stdio import ProcessIO
 from . import STATES, State, next_state
-
-if TYPE_CHECKING:
-    from ..container import Container
-
-EXEC_EXITS_GRACE = 5.0  # how long the init's exit waits for exec processes the kernel is killing
+from .context import ExitHooks, ProcessContext
 
 
 class Process:
     noun = "process"
 
-    def __init__(self, c: Container, exec_id: str, io: ProcessIO, log: LogWriter | None, exit_path: str) -> None:
-        self.c = c
+    def __init__(self, ctx: ProcessContext, exec_id: str, io: ProcessIO, log: LogWriter | None, exit_path: str,
+                 hooks: ExitHooks = ExitHooks()) -> None:
+        self.ctx = ctx
+        self.hooks = hooks
         self.exec_id = exec_id
         self.io = io
         self.log = log
@@ -50,8 +50,8 @@ class Process:
 
     def transition(self, event: str) -> None:
         self.state = STATES[next_state(self.state.name, event, self.noun)]
-        self.c.log.info("%s%s: %s -> %s", self.noun, f" {self.exec_id}" if self.exec_id else "", event,
-                        self.state.name)
+        self.ctx.log.info("%s%s: %s -> %s", self.noun, f" {self.exec_id}" if self.exec_id else "", event,
+                          self.state.name)
 
     # --- operations, dispatched through the state ----------------------------------------------------------
 
@@ -65,6 +65,9 @@ class Process:
     async def delete(self) -> None:
         await self.state.delete(self)
 
+    async def restart(self) -> None:
+        await self.state.restart(self)
+
     # --- what every process shares -------------------------------------------------------------------------
 
     def watch_exit(self, fut: asyncio.Future) -> None:
@@ -73,22 +76,16 @@ class Process:
     async def _on_exit(self, fut: asyncio.Future) -> None:
         status = await fut
         async with self.start_lock:
-            await self.before_exit()
+            await self.hooks.before_exit()
             self.io.drain()
             self.io.close()
             if self.log is not None:
                 self.log.close()
-            self.exit = ExitStatus.from_wait_status(status, oom_killed=self.oom_killed())
+            self.exit = ExitStatus.from_wait_status(status, oom_killed=self.hooks.oom_killed())
             write_json(self.exit_path, self.exit.to_wire())
             self.transition("exit")
-            self.c.journal.emit("exit", self.exec_id, pid=self.pid, exit=self.exit.to_wire())
+            self.ctx.journal.emit("exit", self.exec_id, pid=self.pid, exit=self.exit.to_wire())
             self.exited.set()
-
-    async def before_exit(self) -> None:
-        pass
-
-    def oom_killed(self) -> bool:
-        return False
 
     async def wait(self, timeout: float) -> dict:
         if not self.exited.is_set():
@@ -98,14 +95,21 @@ class Process:
                 return {"exited": False}
         return {"exited": True, "exit": self.exit.to_wire()}  # type: ignore[union-attr]
 
-    def logs(self, cur: int, max_bytes: int) -> tuple[list, int, bool]:
-        """(records, next cursor, at the end of a closed log)."""
+    def logs(self, cur: int, max_bytes: int, opts: ReadOpts = PLAIN, pages: int = 16) -> tuple[list, int, bool]:
+        """(records, next cursor, done: at the end of a closed log or past opts.until). Pages wholly outside
+        since/until are skipped, up to `pages` of them per call."""
         if self.log is None:
             return [], 0, True
         if cur < 0:  # "from now on" (attach)
             cur = self.log.end
-        records, new = self.log.read(cur, max_bytes)
-        return records, new, self.log.closed and self.log.at_end(new)
+        for _ in range(pages):
+            records, new, past = self.log.read(cur, max_bytes, opts)
+            if records or past or new == cur:
+                break
+            cur = new
+        at_end = self.log.at_end(new)
+        done = past or (at_end and (self.log.closed or 0 < opts.until < time.time_ns()))
+        return records, new, done
 
     def describe(self) -> dict:
         return {
@@ -136,73 +140,74 @@ class Process:
     async def do_delete(self) -> None:
         raise NotImplementedError
 
+    async def do_restart(self) -> None:
+        raise InvalidState(f"cannot restart an {self.noun}: only a container is restarted")
+
 
 class InitProcess(Process):
     noun = "container"
 
     async def do_start(self) -> None:
-        await self.c.runc.start(self.c.id)
+        await self.ctx.runtime.start(self.ctx.id)
         self.started_at = time.time_ns()
         self.transition("start")
-        self.c.journal.emit("start", pid=self.pid)
+        self.ctx.journal.emit("start", pid=self.pid)
 
     async def do_kill(self, sig: int, all: bool) -> None:
-        await self.c.runc.kill(self.c.id, sig, KillOpts(all=all))
+        await self.ctx.runtime.kill(self.ctx.id, sig, KillOpts(all=all))
 
     async def do_pause(self) -> None:
-        await self.c.runc.pause(self.c.id)
+        await self.ctx.runtime.pause(self.ctx.id)
         self.transition("pause")
-        self.c.journal.emit("paused")
+        self.ctx.journal.emit("paused")
 
     async def do_resume(self) -> None:
-        await self.c.runc.resume(self.c.id)
+        await self.ctx.runtime.resume(self.ctx.id)
         self.transition("resume")
-        self.c.journal.emit("resumed")
+        self.ctx.journal.emit("resumed")
 
     async def do_delete(self) -> None:
-        await self.c.runc.delete(self.c.id, DeleteOpts(force=self.state.name == CREATED))
+        """`runc delete`; the container tears down what is left once its init is deleted."""
+        await self.ctx.runtime.delete(self.ctx.id, DeleteOpts(force=self.state.name == CREATED))
         self.transition("delete")
-        await self.c.teardown()
 
-    async def before_exit(self) -> None:
-        running = [e.exited.wait() for e in self.c.execs.values() if e.pid and not e.exited.is_set()]
-        if running:
-            await asyncio.wait([asyncio.ensure_future(w) for w in running], timeout=EXEC_EXITS_GRACE)
-
-    def oom_killed(self) -> bool:
-        return self.c.oom_kills() > 0
+    async def do_restart(self) -> None:
+        """`runc delete` of this run's runtime container, so the next run can be created under the same id."""
+        await self.ctx.runtime.delete(self.ctx.id)
+        self.transition("restart")
 
 
 class ExecProcess(Process):
     noun = "exec process"
 
-    def __init__(self, c: Container, exec_id: str, io: ProcessIO, log: LogWriter | None, dir: str,
-                 args: list[str], env: list[str], cwd: str) -> None:
-        super().__init__(c, exec_id, io, log, os.path.join(dir, "exit.json"))
+    def __init__(self, ctx: ProcessContext, exec_id: str, io: ProcessIO, log: LogWriter | None, dir: str,
+                 args: list[str], env: list[str], cwd: str, user: dict | None = None) -> None:
+        super().__init__(ctx, exec_id, io, log, os.path.join(dir, "exit.json"))
         self.dir = dir
         self.args = args
         self.env = env
         self.cwd = cwd
+        self.user = user  # an OCI process user ({uid, gid, additionalGids}); None: the container's
 
     async def do_start(self) -> None:
-        with open(os.path.join(self.c.bundle, "config.json")) as f:
+        with open(os.path.join(self.ctx.bundle, "config.json")) as f:
             base = json.load(f)["process"]
         proc_file = os.path.join(self.dir, "process.json")
         with open(proc_file, "w") as f:
-            json.dump(exec_process(base, self.args, self.env, self.cwd, self.io.terminal), f)
+            json.dump(exec_process(base, self.args, self.env, self.cwd, self.io.terminal, self.user), f)
         pid_file = os.path.join(self.dir, "pid")
         stdin, stdout, stderr, console = self.io.prepare()
-        with self.c.reaper.subscribe() as sub:
-            await self.c.runc.exec(self.c.id, ExecOpts(process_file=proc_file, pid_file=pid_file,
+        with self.ctx.reaper.subscribe() as sub:
+            await self.ctx.runtime.exec(self.ctx.id, ExecOpts(process_file=proc_file, pid_file=pid_file,
                                                        console_socket=console),
                                    stdin=stdin, stdout=stdout, stderr=stderr)
             with open(pid_file) as f:
                 self.pid = int(f.read().strip())
-            self.watch_exit(self.c.reaper.watch(self.pid, sub))
+            self.watch_exit(self.ctx.reaper.watch(self.pid, sub))
         await self.io.started()
         self.started_at = time.time_ns()
         self.transition("start")
-        self.c.journal.emit("exec-started", self.exec_id, pid=self.pid)
+        self.ctx.journal.emit("exec-started", self.exec_id, pid=self.pid)
 
     async def do_kill(self, sig: int, all: bool) -> None:
         # still unreaped (only our reaper reaps it, and it has not), so the pid cannot have been reused
@@ -211,7 +216,6 @@ class ExecProcess(Process):
     async def do_delete(self) -> None:
         self.discard()
         self.transition("delete")
-        self.c.execs.pop(self.exec_id, None)
 
     def discard(self) -> None:
         """Close the exec's stdio and remove its files (its log, its state directory)."""

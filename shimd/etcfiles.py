@@ -1,0 +1,61 @@
+"""The container's /etc/hostname, /etc/hosts and /etc/resolv.conf, as docker provides them: written by the shim into
+the container's directory (files_dir) and bind-mounted over the image's own files.
+
+There is no container network yet, so hosts carries docker's localhost lines plus the hostname on 127.0.1.1, and
+resolv.conf is the host's with loopback nameservers dropped (they would point at the container's own loopback);
+no nameserver of our own is ever added.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from runtime.bundle import BindMount
+from shimproto.fsutil import atomic_write
+
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+
+HOSTS = """127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def container_resolv_conf(host_text: str) -> str:
+    """The host's resolv.conf without nameservers in 127.0.0.0/8 or ::1 (docker's filter)."""
+    out = []
+    for line in host_text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and _loopback(words[1]):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n" if out else ""
+
+
+def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF) -> list[BindMount]:
+    """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
+    try:
+        with open(host_resolv, errors="replace") as f:
+            resolv = container_resolv_conf(f.read())
+    except FileNotFoundError:
+        resolv = ""
+    files = {
+        "hostname": f"{hostname}\n",
+        "hosts": HOSTS + f"127.0.1.1\t{hostname}\n",
+        "resolv.conf": resolv,
+    }
+    os.makedirs(files_dir, mode=0o711, exist_ok=True)
+    for name, text in files.items():
+        atomic_write(os.path.join(files_dir, name), text.encode(), mode=0o644)
+    return [BindMount(os.path.join(files_dir, name), f"/etc/{name}") for name in files]

@@ -1,0 +1,184 @@
+"""The shim's own API, driven directly (no manager): one shim per test in its own temp --state, launched as the
+manager launches it, talked to with shimproto.rpc.Client. Covers the one create request (ShimCreate), the /etc
+files, exec -e/-w/-u, commands not found or not invokable, log tail/since/until/timestamps, repeated calls by key,
+and restart. Every test proves the shim, the container and its mounts and runtime state are gone afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from shimproto.errors import CannotInvoke, CommandNotFound, InvalidArgument, InvalidState
+from shimproto.rpc import Client
+from shimproto.spec import ContainerSpec, ShimCreate
+from tests.harness import PY, REPO, leftovers, new_env, our_processes, remove_base, tag_of, wait_for
+
+
+class Shim:
+    def __init__(self, base: str, id: str) -> None:
+        self.base, self.id = base, id
+        self.state = os.path.join(base, "state", "shims", id)
+        self.runc_root = os.path.join(base, "state", "runc")
+        self.dir = os.path.join(base, "root", "containers", id)
+        os.makedirs(self.state, mode=0o711)
+        os.makedirs(self.dir, mode=0o711)
+        r, w = os.pipe()
+        subprocess.run([PY, "-m", "shimd", "start", "--id", id, "--state", self.state, "--runtime-root",
+                        self.runc_root, "--ready-fd", str(w)], pass_fds=(w,), check=True, cwd=REPO,
+                       stdin=subprocess.DEVNULL)
+        os.close(w)
+        with os.fdopen(r) as f:
+            line = f.readline().strip()
+        assert line.startswith("ok "), line
+        self.pid = int(line.split()[1])
+        self.client = Client(os.path.join(self.state, "shim.sock"), timeout=30)
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "container.log")
+
+    def call(self, method: str, **params: object) -> object:
+        return self.client.call(method, params, idempotent=method in ("wait", "logs", "state"))
+
+    def create(self, args: list[str], **spec: object) -> dict:
+        from manager import images
+
+        lower = images.resolve(os.path.join(self.base, "root"), "busybox")
+        req = ShimCreate(spec=ContainerSpec(args=args, image="busybox", id=self.id, **spec),  # type: ignore[arg-type]
+                         lower=lower, upper=os.path.join(self.dir, "fs", "upper"),
+                         work=os.path.join(self.dir, "fs", "work"), log_path=self.log_path,
+                         cgroups_path=f"/shimd/{self.id}", files_dir=self.dir)
+        return self.call("create", **req.to_wire())  # type: ignore[return-value]
+
+    def wait(self, exec_id: str = "") -> dict:
+        while True:
+            r = self.call("wait", exec_id=exec_id, timeout=20)
+            if r["exited"]:  # type: ignore[index]
+                return r["exit"]  # type: ignore[index]
+
+    def output(self, exec_id: str = "", **opts: object) -> bytes:
+        r = self.call("logs", exec_id=exec_id, **opts)
+        return b"".join(rec[1] for rec in r["records"])  # type: ignore[index]
+
+    def run(self, *args: str, **params: object) -> tuple[dict, bytes]:
+        """exec args attached, wait for it: (exit, its output)."""
+        eid = f"e{time.monotonic_ns()}"
+        self.call("exec", exec_id=eid, args=list(args), attach=True, **params)
+        exit = self.wait(eid)
+        return exit, self.output(eid)
+
+    def close(self) -> None:
+        try:
+            self.client.call("shutdown", {"force": True}, timeout=30)
+        except Exception:
+            pass
+        self.client.close()
+        subprocess.run([PY, "-m", "shimd", "delete", "--id", self.id, "--state", self.state, "--runtime-root",
+                        self.runc_root], cwd=REPO, capture_output=True)
+
+
+@pytest.fixture
+def shim():
+    env = new_env()
+    shims: list[Shim] = []
+
+    def make(suffix: str = "c") -> Shim:
+        s = Shim(env.base, f"{tag_of(env.base)}-{suffix}")
+        shims.append(s)
+        return s
+
+    yield make
+    for s in shims:
+        s.close()
+    wait_for(lambda: not our_processes(env.base), 15, "shims and containers to exit")
+    assert leftovers(env.base) == []
+    remove_base(env.base)
+
+
+# --- one request model, /etc files ------------------------------------------------------------------------------
+
+def test_create_takes_the_shim_create_request_and_provides_hostname_hosts_and_resolv_conf(shim):
+    s = shim()
+    s.create(["/bin/cat", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"], env=["A=1"], hostname="box1")
+    s.call("start")
+    assert s.wait()["code"] == 0
+    out = s.output().decode()
+    assert out.startswith("box1\n127.0.0.1\tlocalhost\n")
+    assert "::1\tlocalhost ip6-localhost ip6-loopback\n" in out and "ff02::2\tip6-allrouters\n" in out
+    assert "127.0.1.1\tbox1\n" in out
+    with open("/etc/resolv.conf") as f:
+        host = [ln for ln in f.read().splitlines() if ln.startswith("nameserver")]
+    for ln in host:
+        assert (ln in out) != ln.split()[1].startswith(("127.", "::1")), ln
+    for name in ("hostname", "hosts", "resolv.conf"):
+        assert os.path.isfile(os.path.join(s.dir, name))
+
+
+def test_empty_hostname_is_the_container_id_and_empty_env_the_default_path(shim):
+    s = shim()
+    s.create(["sh", "-c", "hostname; echo $PATH"])
+    s.call("start")
+    s.wait()
+    assert s.output().decode().splitlines() == [s.id, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
+def test_create_refuses_a_request_in_the_old_shape(shim):
+    s = shim()
+    with pytest.raises(InvalidArgument, match="spec"):
+        s.call("create", lower="/", upper="/u", work="/w", log_path="/l", args=["true"])
+
+
+# --- commands that cannot run: 127 / 126 ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,error", [(["nocmd"], CommandNotFound), (["/nope"], CommandNotFound),
+                                        (["/etc"], CannotInvoke), (["/etc/passwd"], CannotInvoke)])
+def test_a_command_not_found_or_not_invokable_is_a_typed_error_at_create(shim, args, error):
+    s = shim()
+    with pytest.raises(error, match=args[0]):
+        s.create(args)
+
+
+def test_an_exec_of_a_missing_command_is_command_not_found(shim):
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+    with pytest.raises(CommandNotFound):
+        s.call("exec", exec_id="x", args=["nocmd"])
+    with pytest.raises(CannotInvoke):
+        s.call("exec", exec_id="y", args=["/etc"])
+    assert s.call("state")["execs"] == []  # type: ignore[index]
+
+
+# --- exec -e -w -u -----------------------------------------------------------------------------------------------
+
+def test_exec_env_is_merged_into_the_containers_and_cwd_is_used(shim):
+    s = shim()
+    s.create(["sleep", "1000"], env=["PATH=/bin:/usr/bin", "A=container", "B=kept"])
+    s.call("start")
+    exit, out = s.run("sh", "-c", "echo $A $B $C; pwd; echo $PATH", env=["A=exec", "C=new"], cwd="/tmp")
+    assert exit["code"] == 0
+    assert out.decode().splitlines() == ["exec kept new", "/tmp", "/bin:/usr/bin"]
+
+
+@pytest.mark.parametrize("user,expect", [("", "0 0"), ("65534", "65534 65534"), ("nobody", "65534 65534"),
+                                         ("1234", "1234 0"), ("1234:5", "1234 5"), ("nobody:tty", "65534 5"),
+                                         ("root:nogroup", "0 65534")])
+def test_exec_user_by_id_or_name(shim, user, expect):
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+    _, out = s.run("sh", "-c", "echo $(id -u) $(id -g)", user=user)
+    assert out.decode().strip() == expect
+
+
+@pytest.mark.parametrize("user,word", [("nosuchuser", "nosuchuser"), ("root:nosuchgroup", "nosuchgroup"),
+                                       ("1:", "1:")])
+def test_exec_with_an_unknown_user_is_invalid_argument_naming_it(shim, user, word):
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+    with pytest.raises(InvalidArgument, match=word):
+        s.call("exec", exec_id="u", args=["true"], user=user)
