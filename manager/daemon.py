@@ -21,7 +21,8 @@ from shimproto.rpc import Server
 
 from .commands import handlers
 from .config import Config
-from .registry import Manager
+from .registry import Registry
+from .restore import restore
 from .store import Store
 
 log = logging.getLogger("shimd.manager")
@@ -67,7 +68,7 @@ async def serve(cfg: Config) -> int:
     store = Store(cfg.root, cfg.state)
     _claim_pid_file(cfg.pid_file)
     ctx = zmq.asyncio.Context()
-    m = Manager(ctx, store, cfg.runtime, cfg.defaults)
+    m = Registry(ctx, store, cfg.runtime, cfg.defaults)
     mode = 0o600
     server = Server(ctx, cfg.socket, handlers(m), log, mode=mode)
     if cfg.socket_group:
@@ -81,7 +82,7 @@ async def serve(cfg: Config) -> int:
     usec = os.environ.get("WATCHDOG_USEC")
     if usec and usec.isdigit() and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
         tasks.append(asyncio.create_task(_watchdog(int(usec) / 2e6)))
-    counts = await m.restore()
+    counts = await restore(m)
     serving = asyncio.create_task(server.serve())
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
             f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "

@@ -14,6 +14,8 @@ import time
 from shimproto import journal
 from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
 
+OBSERVED = ("status", "pid", "exit", "started_at")
+
 
 class EventLog:
     def __init__(self, path: str) -> None:
@@ -53,8 +55,13 @@ class EventLog:
             st.update(status=STOPPED, exit=ev["exit"])
 
     def status(self, id: str) -> dict:
-        """The live status dict of id (shared: updates to it are seen by every holder)."""
+        """The live status dict of id (shared: updates to it are seen by every holder; only this class writes)."""
         return self.state.setdefault(id, {"status": "unknown"})
+
+    def observe(self, id: str, seen: dict) -> None:
+        """Take the shim's own answer about id's init (status, pid, exit, started_at) as the cached view: it is
+        never older than the events, which may trail it."""
+        self.status(id).update({k: seen[k] for k in OBSERVED if k in seen})
 
     def live(self, id: str) -> bool:
         """Has id an incarnation with events that has not ended with a delete?"""

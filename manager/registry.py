@@ -1,13 +1,11 @@
-"""The registry of containers: metadata, the connection to each shim, the event pump, and what commands share.
+"""The registry: the table of container entries and the connection to each one's shim.
 
-While a shim lives it is the authority on its container; the registry keeps a status cache fed by the shim's
-events (so `ps` never waits on a shim) and records every event in the EventLog. A shim that dies is noticed at
-once through a pidfd: the registry takes the events it had journaled but not yet delivered, runs the offline
-cleanup (which kills a container left without its shim), and reports the exit status the shim had recorded, or
-an exit with reason "shim-lost" (code 255) when it recorded none.
-
-Create and delete record an intent first (<state>/intents/<id>), so a manager killed at any step converges on the
-next start: a container with a create intent is rolled back, one with a delete intent is rolled forward.
+While a shim lives it is the authority on its container; the registry pulls the shim's events into the EventLog
+(which keeps each container's status, so `ps` never waits on a shim). A shim that dies is noticed at once through
+a pidfd: the registry takes the events it had journaled but not yet delivered, runs the offline cleanup (which
+kills a container left without its shim), and reports the exit status the shim had recorded, or an exit with
+reason "shim-lost" (code 255) when it recorded none. What to do with containers (create, delete, restore) is
+manager/lifecycle.py's; this module only keeps the table and talks to shims.
 """
 
 from __future__ import annotations
@@ -15,48 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psutil
 import zmq.asyncio
 
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
-from shimproto.model import RUNNING, STOPPED, ExitStatus, rfc3339
+from shimproto.model import ExitStatus, rfc3339
 from shimproto.rpc import AsyncClient
 
 from . import faults, launcher
+from .entry import Entry
 from .events import EventLog
-from .store import Meta, Store
+from .store import Store
 
 log = logging.getLogger("shimd.manager")
 
 SHIM_TIMEOUT = 10.0
 EVENT_POLL = 30.0
-
-
-@dataclass
-class Entry:
-    meta: Meta
-    client: AsyncClient | None = None
-    shim_pid: int = 0
-    pidfd: int = -1
-    status: dict = field(default_factory=lambda: {"status": "unknown"})  # the EventLog's dict for this id
-    lost: bool = False  # the shim died and was cleaned up
-    busy: str = ""  # "create" or "delete" while one is under way
-    removed: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pump: asyncio.Task | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once a lost shim's exit is known
-
-    @property
-    def id(self) -> str:
-        return self.meta.id
-
-    @property
-    def exit(self) -> dict | None:
-        return self.status.get("exit")
 
 
 def shim_alive(pid: int, id: str) -> bool:
@@ -68,6 +43,13 @@ def shim_alive(pid: int, id: str) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     return "shimd" in " ".join(cmd) and id in cmd
+
+
+async def wait_gone(pid: int, id: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while shim_alive(pid, id) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def read_pid(path: str) -> int:
@@ -87,7 +69,23 @@ class Defaults:
     stop_timeout: float = 10.0
 
 
-class Manager:
+@dataclass
+class Probe:
+    """A container's state as its shim tells it now, or the cached view with the reason the shim did not."""
+
+    state: dict
+    error: ShimdError | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.state.get("status", "unknown"))
+
+    @property
+    def shim_holds_container(self) -> bool:
+        return not isinstance(self.error, NotFound)
+
+
+class Registry:
     def __init__(self, ctx: zmq.asyncio.Context, store: Store, runtime: str,
                  defaults: Defaults | None = None) -> None:
         self.ctx = ctx
@@ -96,16 +94,20 @@ class Manager:
         self.defaults = defaults or Defaults()
         self.events = EventLog(os.path.join(store.state, "events.journal"))
         self.entries: dict[str, Entry] = {}
-        self.reserved: set[str] = set()
+        self.reserved: set[str] = set()  # ids of creates under way
         self.tasks: set[asyncio.Task] = set()
 
-    # --- lookups -------------------------------------------------------------------------------------------
+    # --- the table -----------------------------------------------------------------------------------------
 
     def get(self, id: object) -> Entry:
         e = self.entries.get(id) if isinstance(id, str) else None
-        if e is None or e.removed:
+        if e is None:
             raise NotFound(f"no such container: {id}")
-        return e
+        return e.check_listed()
+
+    def add(self, e: Entry) -> None:
+        e.status = self.events.status(e.id)
+        self.entries[e.id] = e
 
     def background(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
         t = asyncio.create_task(coro)
@@ -118,9 +120,12 @@ class Manager:
     def shim_socket(self, id: str) -> str:
         return os.path.join(self.store.shim_dir(id), "shim.sock")
 
+    def shim_client(self, id: str) -> AsyncClient:
+        return AsyncClient(self.ctx, self.shim_socket(id), f"the shim of {id}", timeout=SHIM_TIMEOUT)
+
     def connect(self, e: Entry, shim_pid: int) -> None:
         e.shim_pid = shim_pid
-        e.client = AsyncClient(self.ctx, self.shim_socket(e.id), f"the shim of {e.id}", timeout=SHIM_TIMEOUT)
+        e.client = self.shim_client(e.id)
         try:
             e.pidfd = os.pidfd_open(shim_pid)
         except ProcessLookupError:
@@ -152,12 +157,15 @@ class Manager:
         self.connect(e, pid)
 
     async def call(self, e: Entry, method: str, params: dict | None = None,
-                   timeout: float | None = -1.0) -> object:
-        """Call e's shim; a clear Unavailable when it is gone, DeadlineExceeded when it is alive but silent."""
-        if e.lost or e.client is None:
+                   timeout: float | None = -1.0, key: str = "") -> object:
+        """Call e's shim; a clear Unavailable when it is gone, DeadlineExceeded when it is alive but silent.
+        key (the client's request key plus the step) lets the shim recognise a repeat of a mutating call."""
+        e.state.check_call(e)
+        if e.client is None:
             raise Unavailable(f"the shim of {e.id} is gone")
         try:
-            return await e.client.call(method, {"id": e.id, **(params or {})}, timeout)
+            return await e.client.call(method, {"id": e.id, **(params or {}), **({"key": key} if key else {})},
+                                       timeout)
         except DeadlineExceeded:
             if not shim_alive(e.shim_pid, e.id):
                 await self.shim_died(e)
@@ -168,15 +176,15 @@ class Manager:
     # --- events --------------------------------------------------------------------------------------------
 
     def record(self, e: Entry, ev: dict) -> None:
-        """Take one event of e into the log (once). e.status is the log's status dict of e, so it follows."""
+        """Take one event of e into the log (once); e.status, the log's view of e, follows."""
         self.events.add(ev)
 
     def start_pump(self, e: Entry) -> None:
-        if e.pump is None and not e.lost:
+        if e.pump is None and e.state.watches_shim:
             e.pump = self.background(self._pump(e))
 
     async def _pump(self, e: Entry) -> None:
-        while not e.removed and not e.lost and e.client is not None:
+        while e.state.watches_shim and e.client is not None:
             try:
                 res = await e.client.call("events", {"since": self.events.last_seq(e.id), "timeout": EVENT_POLL},
                                           timeout=EVENT_POLL + SHIM_TIMEOUT)
@@ -189,10 +197,10 @@ class Manager:
     # --- a shim that died ----------------------------------------------------------------------------------
 
     async def shim_died(self, e: Entry) -> None:
-        """Clean up after e's dead shim and settle its exit, once."""
-        if e.lost or e.removed or e.busy:
-            return  # a create or delete under way handles its own shim
-        e.lost = True
+        """Clean up after e's dead shim and settle its exit, once; an operation that owns the shim does it."""
+        if not e.state.watches_shim:
+            return
+        e.move("lose")
         self.disconnect(e)
         await self.settle_dead_shim(e)
 
@@ -202,43 +210,42 @@ class Manager:
         recorded = await launcher.cleanup_dead(e.id, self.store.shim_dir(e.id), self.runtime,
                                                self.store.runc_root)
         if e.exit is None:  # the shim never got to publish the init's exit
-            exit = recorded or ExitStatus(code=255, reason="shim-lost")
+            exit = (recorded or ExitStatus(code=255, reason="shim-lost")).to_wire()
             self.record(e, {"seq": self.events.last_seq(e.id) + 1, "type": "exit", "id": e.id, "exec_id": "",
-                            "time": exit.exited_at, "origin": "manager", "exit": exit.to_wire()})
-            if e.exit is None:  # a container with no events at all (its create never finished)
-                e.status["exit"] = exit.to_wire()
-        e.status.update(status=STOPPED)
+                            "time": exit["exited_at"], "origin": "manager", "exit": exit})
+            self.events.observe(e.id, {"status": "stopped", "exit": exit})  # also when the log kept no event
         e.settled.set()
         log.warning("[%s] shim lost; exit %s", e.id, e.exit)
 
     # --- views ---------------------------------------------------------------------------------------------
 
-    async def fresh_state(self, e: Entry, timeout: float = 2.0) -> dict:
-        """The shim's own view when it answers in time, else the cached one with a note."""
-        if not e.lost and e.client is not None:
-            try:
-                st = await self.call(e, "state", timeout=timeout)
-                e.status.update({k: st[k] for k in ("status", "pid", "exit", "started_at")})  # type: ignore
-                return {**st, "status": e.status["status"]}  # type: ignore[dict-item]
-            except NotFound:
-                return {**e.status, "error": f"the shim of {e.id} holds no container"}
-            except ShimdError as err:
-                if not e.lost:
-                    return {**e.status, "error": err.message}
-        return e.status
+    async def probe(self, e: Entry, timeout: float = 2.0) -> Probe:
+        """The shim's own view when it answers in time, else the cached one with the reason."""
+        if not e.state.reachable or e.client is None:
+            return Probe(e.status, Unavailable(f"the shim of {e.id} is gone"))
+        try:
+            st = await self.call(e, "state", timeout=timeout)
+        except NotFound:
+            return Probe(e.status, NotFound(f"the shim of {e.id} holds no container"))
+        except ShimdError as err:
+            return Probe(e.status, err)
+        self.events.observe(e.id, st)  # type: ignore[arg-type]
+        return Probe({**st, "status": e.status["status"]})  # type: ignore[dict-item]
 
-    def view(self, e: Entry, st: dict) -> dict:
+    def view(self, e: Entry, probe: Probe | None = None) -> dict:
+        st = probe.state if probe else e.status
         exit = st.get("exit")
-        m = e.meta
+        spec = e.meta.spec
         out = {
             "id": e.id,
-            "image": m.image,
-            "rootfs": m.lower,
-            "args": m.args,
+            "image": spec.image,
+            "rootfs": e.meta.lower,
+            "args": spec.args,
+            "hostname": spec.hostname or e.id,
             "status": st.get("status", "unknown"),
             "pid": st.get("pid", 0),
             "shim_pid": 0 if e.lost else e.shim_pid,
-            "created_at": rfc3339(m.created_at),
+            "created_at": rfc3339(e.meta.created_at),
             "started_at": rfc3339(st["started_at"]) if st.get("started_at") else None,
             "exit_code": exit["code"] if exit else None,
             "exited_at": rfc3339(exit["exited_at"]) if exit and exit.get("exited_at") else None,
@@ -246,17 +253,18 @@ class Manager:
             "exit_reason": exit.get("reason", "") if exit else "",
             "bundle": os.path.join(self.store.shim_dir(e.id), "bundle"),
             "log_path": self.store.log_path(e.id),
-            "auto_remove": m.auto_remove,
-            "terminal": bool(st.get("terminal")),
+            "auto_remove": spec.auto_remove,
+            "terminal": spec.tty,
             "execs": st.get("execs", []),
             "log_dropped_bytes": st.get("log_dropped_bytes", 0),
+            "spec": spec.to_wire(),
         }
-        if "error" in st:
-            out["error"] = st["error"]
+        if probe and probe.error is not None and not e.lost:
+            out["error"] = probe.error.message
         return out
 
     async def inspect(self, e: Entry, timeout: float = 2.0) -> dict:
-        return self.view(e, await self.fresh_state(e, timeout))
+        return self.view(e, await self.probe(e, timeout))
 
     # --- removal -------------------------------------------------------------------------------------------
 
@@ -264,147 +272,9 @@ class Manager:
         """Drop e once its container is gone: a delete event, then the files, then the entry."""
         if self.events.live(e.id):
             self.events.synthesize(e.id, "delete")
-        e.removed = True
+        e.move("removed")
         self.disconnect(e)
         self.store.remove_data(e.id)
         faults.point("delete:files-removed")
         self.store.remove_meta(e.id)
         self.entries.pop(e.id, None)
-
-    # --- restore -------------------------------------------------------------------------------------------
-
-    async def restore(self) -> dict:
-        """Reattach to every shim on disk; finish or undo what a killed manager left half done."""
-        metas = self.store.load_all()
-        for meta in metas:  # until its shim answers, a container is what its recorded events say
-            self.entries[meta.id] = Entry(meta, status=self.events.status(meta.id))
-        for id in self.store.intent_ids():  # a create that died before its metadata was written
-            if id not in self.entries:
-                self.entries[id] = Entry(Meta(id=id, args=[], lower=""), status=self.events.status(id))
-        faults.point("restore:scanned")
-        counts = {"running": 0, "lost": 0, "rolled_back": 0, "rolled_forward": 0, "orphans": 0}
-        jobs = []
-        for i, e in enumerate(list(self.entries.values())):
-            if i == len(self.entries) // 2:
-                faults.point("restore:half")
-            jobs.append(self._restore_one(e, counts))
-        await asyncio.gather(*jobs)
-        counts["orphans"] = await self._orphan_shims()
-        for e in self.entries.values():
-            if e.meta.auto_remove:
-                self.watch_auto_remove(e)
-        log.info("restored %d containers %s", len(self.entries), counts)
-        return counts
-
-    async def _restore_one(self, e: Entry, counts: dict) -> None:
-        """Restore one container; a failure is logged and leaves it as its events say, never stops the manager."""
-        try:
-            await self._restore(e, counts)
-        except Exception:
-            log.exception("[%s] restore failed; it stays as last recorded", e.id)
-
-    async def _restore(self, e: Entry, counts: dict) -> None:
-        pid = read_pid(os.path.join(self.store.shim_dir(e.id), "shim.pid"))
-        alive = bool(pid) and shim_alive(pid, e.id)
-        intent = self.store.intent(e.id)
-        if intent == "create":
-            await self.rollback_create(e, pid if alive else 0)
-            counts["rolled_back"] += 1
-            return
-        if intent == "delete":
-            from .commands.delete import finish_delete
-
-            if alive:
-                self.connect(e, pid)
-            else:
-                e.lost = True
-            await finish_delete(self, e)
-            counts["rolled_forward"] += 1
-            return
-        if not alive:
-            e.lost = True
-            await self.settle_dead_shim(e)
-            counts["lost"] += 1
-            return
-        self.connect(e, pid)
-        try:
-            st = await self.call(e, "state", timeout=5.0)
-            e.status.update({k: st[k] for k in ("status", "pid", "exit", "started_at")})  # type: ignore[index]
-        except ShimdError as err:
-            log.warning("[%s] restore: state: %s", e.id, err.message)
-        self.start_pump(e)
-        counts["running"] += e.status.get("status") == RUNNING
-
-    async def rollback_create(self, e: Entry, pid: int) -> None:
-        """Take back a create that did not finish: the shim kills and deletes whatever it made, then exits."""
-        e.busy = "create"
-        if pid:
-            client = AsyncClient(self.ctx, self.shim_socket(e.id), f"the shim of {e.id}", timeout=SHIM_TIMEOUT)
-            try:
-                await client.call("shutdown", {"id": e.id, "force": True}, timeout=30.0)
-            except ShimdError as err:
-                log.warning("[%s] roll back create: shim shutdown: %s", e.id, err)
-            finally:
-                client.close()
-            await _wait_gone(pid, e.id)
-        await launcher.cleanup_dead(e.id, self.store.shim_dir(e.id), self.runtime, self.store.runc_root)
-        e.removed = True
-        self.store.remove(e.id)
-        self.entries.pop(e.id, None)
-        log.info("[%s] rolled back an unfinished create", e.id)
-
-    async def _orphan_shims(self) -> int:
-        """Shim directories with no metadata: a manager died between removing the metadata and the shim's dir,
-        or a shim outlived everything. Shut the shim down (if alive) and clean up."""
-        n = 0
-        for id in os.listdir(self.store.shims):
-            if id in self.entries:
-                continue
-            n += 1
-            pid = read_pid(os.path.join(self.store.shim_dir(id), "shim.pid"))
-            if pid and shim_alive(pid, id):
-                client = AsyncClient(self.ctx, self.shim_socket(id), f"the shim of {id}", timeout=SHIM_TIMEOUT)
-                try:
-                    await client.call("shutdown", {"id": id, "force": True}, timeout=30.0)
-                except ShimdError as err:
-                    log.warning("[%s] orphan shim shutdown: %s", id, err)
-                finally:
-                    client.close()
-                await _wait_gone(pid, id)
-            await launcher.cleanup_dead(id, self.store.shim_dir(id), self.runtime, self.store.runc_root)
-            shutil.rmtree(self.store.shim_dir(id), ignore_errors=True)
-        return n
-
-    # --- auto-remove ---------------------------------------------------------------------------------------
-
-    def watch_auto_remove(self, e: Entry) -> None:
-        from .commands.delete import remove
-
-        async def watch() -> None:
-            while not e.removed and e.status.get("status") != STOPPED:
-                try:
-                    await self.call(e, "wait", {"timeout": EVENT_POLL}, timeout=EVENT_POLL + SHIM_TIMEOUT)
-                except ShimdError:
-                    if e.lost:
-                        break
-                    await asyncio.sleep(1.0)
-                    continue
-                await asyncio.sleep(0)
-                if e.status.get("status") != STOPPED:  # the exit event may trail the wait reply
-                    st = await self.fresh_state(e)
-                    if st.get("status") != STOPPED:
-                        continue
-            if not e.removed:
-                try:
-                    await remove(self, e, force=False)
-                except ShimdError as err:
-                    log.warning("[%s] auto-remove failed: %s", e.id, err)
-
-        self.background(watch())
-
-
-async def _wait_gone(pid: int, id: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while shim_alive(pid, id) and loop.time() < deadline:
-        await asyncio.sleep(0.02)

@@ -5,35 +5,74 @@ Layout the manager owns under --root:
     containers/<id>/container.log  the container's CRI log (written by the shim)
     containers/<id>/fs/{upper,work} the container's writable layer (mounted by the shim, removed by us after it)
 and under --state: shims/<id>/ (the shim's own directory), runc/ (the runtime's state root) and intents/<id>
-("create" or "delete" while one is under way; kept in --state so that a full --root never blocks a delete).
+("create" or "delete" and the client's request key, while one is under way; kept in --state so that a full
+--root never blocks a delete) and requests/<key> (the outcome of a delete, for a repeat of that call).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 
+from shimproto.errors import ShimdError
 from shimproto.fsutil import atomic_write, read_json, write_json
 from shimproto.model import ID_RE
+from shimproto.spec import ContainerSpec
 
 
 @dataclass
 class Meta:
-    id: str
-    args: list[str]
-    lower: str
-    image: str = ""
-    env: list[str] = field(default_factory=list)
-    cwd: str = "/"
+    """What was asked for (the spec, its id filled in), what it resolved to, and when."""
+
+    spec: ContainerSpec
+    lower: str  # the read-only tree under the overlay: the image's or the --rootfs directory
     created_at: int = 0
-    auto_remove: bool = False
-    memory_limit: int | None = None
-    pids_limit: int | None = None
-    tty: bool = False
-    stdin: bool = False
-    log_max_size: int = 0
-    log_max_files: int = 5
+    request_key: str = ""  # the client's key of the create call, so a repeat of it is recognised
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def to_json(self) -> dict:
+        return {"spec": self.spec.to_wire(), "lower": self.lower, "created_at": self.created_at,
+                "request_key": self.request_key}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Meta:
+        if not isinstance(raw, dict):
+            raise ValueError("not a map")
+        if "spec" not in raw:  # written by a manager before the spec existed: the spec's fields were flat
+            known = {f.name for f in fields(ContainerSpec)}
+            flat = {k: v for k, v in raw.items() if k in known}
+            if not flat.get("image"):
+                flat["rootfs"] = raw.get("lower", "")
+            raw = {**raw, "spec": flat}
+        spec = ContainerSpec.from_wire(raw["spec"], "meta.json")
+        return cls(spec=spec, lower=str(raw["lower"]), created_at=int(raw.get("created_at", 0)),
+                   request_key=str(raw.get("request_key", "")))
+
+    @classmethod
+    def placeholder(cls, id: str) -> Meta:
+        """For a create intent with no metadata: enough to roll it back."""
+        return cls(spec=ContainerSpec(args=[], id=id), lower="")
+
+
+OUTCOMES_KEPT = 1000
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class Store:
@@ -44,7 +83,8 @@ class Store:
         self.shims = os.path.join(state, "shims")
         self.runc_root = os.path.join(state, "runc")
         self.intents = os.path.join(state, "intents")
-        for d in (root, state, self.containers, self.shims, self.runc_root, self.intents):
+        self.requests = os.path.join(state, "requests")
+        for d in (root, state, self.containers, self.shims, self.runc_root, self.intents, self.requests):
             os.makedirs(d, mode=0o711, exist_ok=True)
             os.chmod(d, 0o711)  # never world-writable
 
@@ -60,15 +100,17 @@ class Store:
     def fs(self, id: str) -> tuple[str, str]:
         return os.path.join(self.dir(id), "fs", "upper"), os.path.join(self.dir(id), "fs", "work")
 
-    def intent(self, id: str) -> str:
+    def intent(self, id: str) -> tuple[str, str]:
+        """(kind, request key) of the create or delete under way for id; ("", "") when none."""
         try:
             with open(os.path.join(self.intents, id)) as f:
-                return f.read().strip()
+                kind, _, key = f.read().strip().partition(" ")
+                return kind, key
         except FileNotFoundError:
-            return ""
+            return "", ""
 
-    def set_intent(self, id: str, kind: str) -> None:
-        atomic_write(os.path.join(self.intents, id), kind.encode())
+    def set_intent(self, id: str, kind: str, key: str = "") -> None:
+        atomic_write(os.path.join(self.intents, id), f"{kind} {key}".strip().encode())
 
     def clear_intent(self, id: str) -> None:
         try:
@@ -76,12 +118,29 @@ class Store:
         except FileNotFoundError:
             pass
 
+    # --- outcomes of calls that remove what they acted on (a repeat of them finds the answer here) ----------------
+
+    def save_outcome(self, key: str, outcome: dict) -> None:
+        names = os.listdir(self.requests)
+        if len(names) >= OUTCOMES_KEPT:  # keep the newest: a repeat comes within seconds of its first call
+            names.sort(key=lambda n: _mtime(os.path.join(self.requests, n)))
+            for name in names[:len(names) - OUTCOMES_KEPT + 1]:
+                _unlink(os.path.join(self.requests, name))
+        write_json(os.path.join(self.requests, key), outcome)
+
+    def outcome(self, key: str) -> dict | None:
+        try:
+            raw = read_json(os.path.join(self.requests, key))
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
+
     def intent_ids(self) -> list[str]:
         return sorted(n for n in os.listdir(self.intents) if ID_RE.fullmatch(n))
 
     def save(self, meta: Meta) -> None:
         os.makedirs(self.dir(meta.id), mode=0o711, exist_ok=True)
-        write_json(os.path.join(self.dir(meta.id), "meta.json"), asdict(meta))
+        write_json(os.path.join(self.dir(meta.id), "meta.json"), meta.to_json())
 
     def load_all(self) -> list[Meta]:
         out = []
@@ -89,12 +148,12 @@ class Store:
             if not ID_RE.fullmatch(name):
                 continue
             try:
-                raw = read_json(os.path.join(self.containers, name, "meta.json"))
-                known = {k: v for k, v in raw.items() if k in Meta.__dataclass_fields__}  # type: ignore[union-attr]
-                out.append(Meta(**known))
+                meta = Meta.from_json(read_json(os.path.join(self.containers, name, "meta.json")))
+                meta.spec.id = name  # the directory names the container, never the file's content
+                out.append(meta)
             except FileNotFoundError:  # a create that died before its metadata: nothing else was made
                 shutil.rmtree(os.path.join(self.containers, name), ignore_errors=True)
-            except (ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError, KeyError, ShimdError):
                 continue
         return out
 

@@ -44,6 +44,10 @@ class Unavailable(ShimdError):
     code = "unavailable"
 
 
+class ManagerNotRunning(Unavailable):
+    """Client side only: nothing serves the socket and no manager is starting (never sent on the wire)."""
+
+
 class DeadlineExceeded(ShimdError):
     code = "deadline_exceeded"
 

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,10 +18,12 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Unavailable, from_wire
+from .errors import DeadlineExceeded, Internal, InvalidArgument, ManagerNotRunning, ShimdError, Unavailable, from_wire
 from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode, encode_request
 
 Handler = Callable[[Params], Awaitable[object]]
+
+FAST_FAIL = 1.0  # seconds without a connection before the client checks that a manager exists at all
 
 IPC_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
@@ -88,6 +91,8 @@ class Server:
             raise
         except Exception as e:
             typed = self.translate(e) if self.translate else None
+            if typed is None and isinstance(e, TimeoutError):
+                typed = DeadlineExceeded(f"{method}: {e or 'timed out'}")
             if typed is None:
                 self.log.exception("%s failed", method)
                 typed = Internal(f"{method}: internal error: {type(e).__name__}: {e}")
@@ -174,9 +179,11 @@ class AsyncClient:
 class Client:
     """Blocking client for the CLI: one call at a time, no event loop (keeps the CLI's start-up cheap).
 
-    A socket monitor tells when the connection drops: an idempotent call (a query or a long-poll) is sent again
-    once the manager is back, so `wait` and `logs -f` carry on across a manager restart; any other call fails at
-    once with Unavailable instead of hanging until its timeout.
+    A socket monitor tells when the connection drops. Every call is then sent again once the manager is back: a
+    query or a long-poll as it was, a call that changes something with the same key (chosen here, one per call),
+    so the manager (and the shim behind it) recognise the repeat and answer with the first call's outcome instead
+    of acting twice. With no manager at all (nothing has ever answered and the pid file beside the socket names no
+    live manager) a call fails within about a second with ManagerNotRunning.
     """
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
@@ -189,30 +196,44 @@ class Client:
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._down = False  # the monitor's last word was "disconnected"
+        self._seen = False  # connected at least once
         self.sock.connect(ipc_endpoint(path))
 
     def call(self, method: str, params: dict | None = None, timeout: float | None = None,
              idempotent: bool = False) -> object:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        if not idempotent and not (params or {}).get("key"):
+            params = {**(params or {}), "key": secrets.token_hex(8)}
         rid = next(self._ids)
         data = encode_request(rid, method, params)
         self._drain_monitor()
         while True:
             # After a disconnect, wait for the new connection: a message sent meanwhile can land in the pipe of
             # the dead one (ZeroMQ drops that pipe a moment after it reports the disconnect) and be lost silently.
-            if not self._wait_connected(deadline) or not self.sock.poll(self._left(deadline), zmq.POLLOUT):
-                raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
+            self._wait_writable(deadline)
             self.sock.send(data)
             msg = self._reply(rid, method, timeout, deadline)
             if msg is not None:
                 break
-            if not idempotent:
-                raise Unavailable(f"{method}: the manager at {self.path} went away before answering; the "
-                                  f"operation may or may not have been done")
         if "error" in msg:
             raise from_wire(msg["error"])
         return msg.get("result")
+
+    def _wait_writable(self, deadline: float) -> None:
+        started = time.monotonic()
+        while True:
+            if not self._down and self.sock.poll(min(200, self._left(deadline)), zmq.POLLOUT):
+                self._seen = True
+                return
+            if self._down:
+                self.monitor.poll(min(200, self._left(deadline)))
+                self._drain_monitor()
+            if not self._seen and time.monotonic() - started >= FAST_FAIL and not manager_alive(self.path):
+                raise ManagerNotRunning(f"cannot connect to the shimd manager at {self.path}: is shimd-manager "
+                                        f"running?")
+            if self._left(deadline) == 0:
+                raise Unavailable(f"cannot reach the shimd manager at {self.path} (is shimd-manager running?)")
 
     def _reply(self, rid: int, method: str, timeout: float, deadline: float) -> dict | None:
         """The reply to rid, or None when the connection dropped first."""
@@ -230,13 +251,6 @@ class Client:
             if self.monitor in ready and self._drain_monitor():
                 return None
 
-    def _wait_connected(self, deadline: float) -> bool:
-        while self._down:
-            if not self.monitor.poll(self._left(deadline)):
-                return False
-            self._drain_monitor()
-        return True
-
     def _drain_monitor(self) -> bool:
         """Read the monitor's events; True if the connection dropped since the last look."""
         dropped = False
@@ -245,7 +259,7 @@ class Client:
             if event == zmq.EVENT_DISCONNECTED:
                 dropped, self._down = True, True
             elif event == zmq.EVENT_CONNECTED:
-                self._down = False
+                self._down, self._seen = False, True
         return dropped
 
     @staticmethod
@@ -257,3 +271,14 @@ class Client:
         self.monitor.close(0)
         self.sock.close(0)
         self.ctx.term()
+
+
+def manager_alive(socket_path: str) -> bool:
+    """Does the pid file beside the socket name a live manager (one that is starting counts)?"""
+    try:
+        with open(os.path.join(os.path.dirname(socket_path), "shimd.pid")) as f:
+            pid = int(f.read().strip() or 0)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pid > 0 and b"manager" in f.read()
+    except (OSError, ValueError):
+        return False

@@ -30,8 +30,8 @@ class ContainerSpec:
     stdin: bool = False
     memory_limit: int | None = None
     pids_limit: int | None = None
-    log_max_size: int = 0  # 0: never rotate
-    log_max_files: int = 5
+    log_max_size: int | None = None  # 0: never rotate; None: the manager's configured default
+    log_max_files: int | None = None
     auto_remove: bool = False
 
     def to_wire(self) -> dict:
@@ -48,7 +48,7 @@ class ContainerSpec:
             rootfs=p.str("rootfs", ""), env=p.strlist("env"), cwd=p.str("cwd", "/") or "/",
             hostname=p.str("hostname", ""), tty=p.bool("tty"), stdin=p.bool("stdin"),
             memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
-            log_max_size=p.int("log_max_size", 0), log_max_files=p.int("log_max_files", 5),
+            log_max_size=p.int("log_max_size"), log_max_files=p.int("log_max_files"),
             auto_remove=p.bool("auto_remove"),
         )
         spec.check()
@@ -63,7 +63,8 @@ class ContainerSpec:
             raise InvalidArgument(f"memory limit {self.memory_limit} must be between 4 MiB and {MAX_LIMIT} bytes")
         if self.pids_limit is not None and not 1 <= self.pids_limit <= MAX_LIMIT:
             raise InvalidArgument(f"pids limit {self.pids_limit} must be between 1 and {MAX_LIMIT}")
-        if not 0 <= self.log_max_size <= MAX_LIMIT or not 2 <= self.log_max_files <= 1000:
+        if self.log_max_size is not None and not 0 <= self.log_max_size <= MAX_LIMIT or \
+                self.log_max_files is not None and not 2 <= self.log_max_files <= 1000:
             raise InvalidArgument("log max-size must be >= 0 and max-file between 2 and 1000")
         if not self.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")

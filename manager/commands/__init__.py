@@ -1,28 +1,42 @@
 """One module per manager command; each module's docstring is its wire documentation.
 
-Every command takes a params map and returns a msgpack-able value or raises a shimproto.errors class.
+Every command takes a params map and returns a msgpack-able value or raises a shimproto.errors class. A call that
+changes something may carry `key` (a string the client chose, [A-Za-z0-9_.-], at most 64 characters): a client
+that lost its manager mid-call sends the same call with the same key again, and gets the first call's outcome
+instead of a second effect. Handlers read it with `params.request_key(p)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from shimproto.wire import Params
 
-from ..registry import Manager
-from . import create, delete, events, exec, inspect, kill, list, logs, ping, proxy, start, stop, wait
+from ..registry import Registry
+from . import create, delete, events, exec, inspect, kill, list, logs, ping, proxy, restart, start, stop, wait
+from .params import request_key
 
-MODULES = (create, start, list, inspect, kill, wait, logs, delete, ping, exec, events, stop)
+MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop)
 
 
-def handlers(m: Manager) -> dict[str, Callable[[Params], Awaitable[object]]]:
-    def bind(mod):  # type: ignore[no-untyped-def]
+def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:
+    inflight: dict[str, asyncio.Future] = {}
+
+    def once(fn: Callable[[Registry, Params], Awaitable[object]]) -> Callable[[Params], Awaitable[object]]:
+        """A repeat of a keyed call that is still running here waits for the first one's outcome."""
         async def h(p: Params) -> object:
-            return await mod.handle(m, p)
+            key = request_key(p)
+            if not key:
+                return await fn(m, p)
+            first = inflight.get(key)
+            if first is None:
+                first = inflight[key] = asyncio.ensure_future(fn(m, p))
+                first.add_done_callback(lambda _: inflight.pop(key, None))
+            return await asyncio.shield(first)
         return h
 
-    table = {mod.NAME: bind(mod) for mod in MODULES}
+    table = {mod.NAME: once(mod.handle) for mod in MODULES}
     for name in proxy.ROUTES:
-        fn = proxy.handler(name)
-        table[name] = (lambda f: (lambda p: f(m, p)))(fn)
+        table[name] = once(proxy.handler(name))
     return table

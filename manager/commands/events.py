@@ -12,12 +12,12 @@ from __future__ import annotations
 from shimproto.errors import InvalidArgument
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
 
 NAME = "events"
 
 
-async def handle(m: Manager, p: Params) -> dict:
+async def handle(m: Registry, p: Params) -> dict:
     since = p.int("since", 0)
     if since < 0:
         raise InvalidArgument("events: since must be >= 0")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
 
 NAME = "inspect"
 
 
-async def handle(m: Manager, p: Params) -> dict:
+async def handle(m: Registry, p: Params) -> dict:
     return await m.inspect(m.get(p.str("id", required=True)))

@@ -1,18 +1,20 @@
 """kill {id, signal?, all?, exec_id?} -> null: send a signal (default SIGKILL, as docker kill) to the init, or to every
 process of the container with all. Errors: not_found, invalid_argument (unknown signal), invalid_state (not
-running)."""
+running). A repeat (same key) is not sent twice."""
 
 from __future__ import annotations
 
 from shimproto.model import parse_signal
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
+from .params import request_key
 
 NAME = "kill"
 
 
-async def handle(m: Manager, p: Params) -> None:
+async def handle(m: Registry, p: Params) -> None:
     e = m.get(p.str("id", required=True))
     sig = parse_signal(p.raw.get("signal", "KILL"))
-    await m.call(e, "kill", {"signal": sig, "all": p.bool("all"), "exec_id": p.str("exec_id", "")})
+    await m.call(e, "kill", {"signal": sig, "all": p.bool("all"), "exec_id": p.str("exec_id", "")},
+                 key=request_key(p))

@@ -7,13 +7,13 @@ from __future__ import annotations
 from shimproto.model import PAUSED, RUNNING
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
 
 NAME = "list"
 
 
-async def handle(m: Manager, p: Params) -> list:
-    out = [m.view(e, e.status) for e in m.entries.values() if not e.removed]
+async def handle(m: Registry, p: Params) -> list:
+    out = [m.view(e) for e in m.entries.values() if e.state.listed]
     if not p.bool("all"):
         out = [c for c in out if c["status"] in (RUNNING, PAUSED)]
     return sorted(out, key=lambda c: c["created_at"])

@@ -1,4 +1,5 @@
-"""Commands that pass straight through to the container's shim (documented per command below).
+"""Commands that pass straight through to the container's shim (documented per command below). Each takes the
+optional `key` of the package docstring: the shim answers a repeat with its first answer.
 
 - pause {id} / unpause {id}: freeze or thaw every process. invalid_state unless running / paused.
 - update {id, memory_limit?, pids_limit?}: change resource limits of a running container.
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
+from .params import request_key
 
 # command -> (shim method, params passed on, timeout of the call)
 ROUTES: dict[str, tuple[str, tuple[str, ...], float]] = {
@@ -33,8 +35,9 @@ ROUTES: dict[str, tuple[str, tuple[str, ...], float]] = {
 def handler(name: str):  # type: ignore[no-untyped-def]
     method, keys, timeout = ROUTES[name]
 
-    async def handle(m: Manager, p: Params) -> object:
+    async def handle(m: Registry, p: Params) -> object:
         e = m.get(p.str("id", required=True))
-        return await m.call(e, method, {k: p.raw[k] for k in keys if k in p.raw}, timeout=timeout)
+        return await m.call(e, method, {k: p.raw[k] for k in keys if k in p.raw}, timeout=timeout,
+                            key=request_key(p))
 
     return handle

@@ -1,23 +1,18 @@
-"""start {id} -> inspect: start a created container. Errors: not_found, invalid_state (not created)."""
+"""start {id, key?} -> inspect: start a created container, or run a stopped one again in the same writable layer
+and log (as docker start does). Errors: not_found, invalid_state (running or paused)."""
 
 from __future__ import annotations
 
 from shimproto.wire import Params
 
-from ..registry import Entry, Manager
+from .. import lifecycle
+from ..registry import Registry
+from .params import request_key
 
 NAME = "start"
 
 
-async def start(m: Manager, e: Entry) -> None:
-    await m.call(e, "start", timeout=30.0)
-    e.status.update(status="running")
-    if e.meta.auto_remove:
-        m.watch_auto_remove(e)
-
-
-async def handle(m: Manager, p: Params) -> dict:
+async def handle(m: Registry, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
-    async with e.lock:
-        await start(m, e)
+    await lifecycle.start(m, e, request_key(p))
     return await m.inspect(e)

@@ -9,12 +9,12 @@ import asyncio
 from shimproto.errors import Unavailable
 from shimproto.wire import Params
 
-from ..registry import Manager
+from ..registry import Registry
 
 NAME = "wait"
 
 
-async def handle(m: Manager, p: Params) -> dict:
+async def handle(m: Registry, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
     timeout = min(max(p.float("timeout", 30.0), 0.0), 60.0)
     exec_id = p.str("exec_id", "")

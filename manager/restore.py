@@ -1,0 +1,96 @@
+"""What a starting manager does before it serves: reattach to every shim it finds and finish or undo what a killed
+manager left half done (a create intent is rolled back, a delete intent rolled forward), then shut down shims
+that have no metadata. A failure with one container is logged and never stops the manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+
+from shimproto.errors import ShimdError
+from shimproto.model import RUNNING
+
+from . import faults, launcher
+from .entry import Entry
+from .lifecycle import finish_delete, rollback_create, shutdown_shim, watch_auto_remove
+from .registry import Registry, read_pid, shim_alive
+from .store import Meta
+
+log = logging.getLogger("shimd.manager")
+
+
+async def restore(r: Registry) -> dict:
+    """Reattach to every shim on disk; finish or undo what a killed manager left half done."""
+    for meta in r.store.load_all():  # until its shim answers, a container is what its recorded events say
+        r.add(Entry(meta))
+    for id in r.store.intent_ids():  # a create that died before its metadata was written
+        if id not in r.entries:
+            r.add(Entry(Meta.placeholder(id)))
+    faults.point("restore:scanned")
+    counts = {"running": 0, "lost": 0, "rolled_back": 0, "rolled_forward": 0, "orphans": 0}
+    jobs = []
+    for i, e in enumerate(list(r.entries.values())):
+        if i == len(r.entries) // 2:
+            faults.point("restore:half")
+        jobs.append(_restore_one(r, e, counts))
+    await asyncio.gather(*jobs)
+    counts["orphans"] = await _orphan_shims(r)
+    for e in r.entries.values():
+        if e.meta.spec.auto_remove:
+            watch_auto_remove(r, e)
+    log.info("restored %d containers %s", len(r.entries), counts)
+    return counts
+
+
+async def _restore_one(r: Registry, e: Entry, counts: dict) -> None:
+    try:
+        await _restore(r, e, counts)
+    except Exception:
+        log.exception("[%s] restore failed; it stays as last recorded", e.id)
+
+
+async def _restore(r: Registry, e: Entry, counts: dict) -> None:
+    pid = read_pid(os.path.join(r.store.shim_dir(e.id), "shim.pid"))
+    alive = bool(pid) and shim_alive(pid, e.id)
+    intent, key = r.store.intent(e.id)
+    if intent == "create":
+        await rollback_create(r, e, pid if alive else 0)
+        counts["rolled_back"] += 1
+        return
+    if intent == "delete":
+        if alive:
+            r.connect(e, pid)
+        await finish_delete(r, e, key)
+        counts["rolled_forward"] += 1
+        return
+    if not alive:
+        e.move("lose")
+        await r.settle_dead_shim(e)
+        counts["lost"] += 1
+        return
+    r.connect(e, pid)
+    e.move("attach")
+    try:
+        r.events.observe(e.id, await r.call(e, "state", timeout=5.0))  # type: ignore[arg-type]
+    except ShimdError as err:
+        log.warning("[%s] restore: state: %s", e.id, err.message)
+    r.start_pump(e)
+    counts["running"] += e.status.get("status") == RUNNING
+
+
+async def _orphan_shims(r: Registry) -> int:
+    """Shim directories with no metadata: a manager died between removing the metadata and the shim's dir,
+    or a shim outlived everything. Shut the shim down (if alive) and clean up."""
+    n = 0
+    for id in os.listdir(r.store.shims):
+        if id in r.entries:
+            continue
+        n += 1
+        pid = read_pid(os.path.join(r.store.shim_dir(id), "shim.pid"))
+        if pid and shim_alive(pid, id):
+            await shutdown_shim(r, id, pid, "orphan")
+        await launcher.cleanup_dead(id, r.store.shim_dir(id), r.runtime, r.store.runc_root)
+        shutil.rmtree(r.store.shim_dir(id), ignore_errors=True)
+    return n
