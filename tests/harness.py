@@ -44,8 +44,23 @@ class Result:
         return json.loads(self.out)
 
 
+class Cli:
+    """shimctl calls on top of a `ctl` that runs it somewhere (here, or inside the systemd test's machine)."""
+
+    def ctl(self, *args: str, timeout: float = 60) -> Result:
+        raise NotImplementedError
+
+    def ok(self, *args: str, timeout: float = 60) -> Result:
+        r = self.ctl(*args, timeout=timeout)
+        assert r.rc == 0, f"shimctl {' '.join(args)} -> {r.rc}: {r.err.strip()}"
+        return r
+
+    def inspect(self, id: str) -> dict:
+        return self.ok("inspect", id).json()[0]  # type: ignore[index]
+
+
 @dataclass
-class Env:
+class Env(Cli):
     base: str
     proc: subprocess.Popen | None = None
     log_files: list[str] = field(default_factory=list)
@@ -99,14 +114,6 @@ class Env:
         p = subprocess.run([PY, "-m", "shimctl", "--address", self.sock, *args], capture_output=True, text=True,
                            timeout=timeout, cwd=REPO, input=input, stdin=None if input else subprocess.DEVNULL)
         return Result(p.returncode, p.stdout, p.stderr)
-
-    def ok(self, *args: str, timeout: float = 60) -> Result:
-        r = self.ctl(*args, timeout=timeout)
-        assert r.rc == 0, f"shimctl {' '.join(args)} -> {r.rc}: {r.err.strip()}"
-        return r
-
-    def inspect(self, id: str) -> dict:
-        return self.ok("inspect", id).json()[0]  # type: ignore[index]
 
     # --- what exists ---------------------------------------------------------------------------------------
 
