@@ -182,3 +182,139 @@ def test_exec_with_an_unknown_user_is_invalid_argument_naming_it(shim, user, wor
     s.call("start")
     with pytest.raises(InvalidArgument, match=word):
         s.call("exec", exec_id="u", args=["true"], user=user)
+
+
+# --- repeated calls by key ---------------------------------------------------------------------------------------
+
+def test_write_stdin_twice_with_one_key_delivers_the_data_once(shim):
+    s = shim()
+    s.create(["cat"], stdin=True)
+    s.call("start")
+    s.call("write_stdin", data=b"once\n", key="k1")
+    s.call("write_stdin", data=b"once\n", key="k1")
+    s.call("write_stdin", data=b"twice\n", key="k2")
+    s.call("close_stdin", key="k3")
+    s.call("close_stdin", key="k3")
+    assert s.wait()["code"] == 0
+    assert s.output() == b"once\ntwice\n"
+
+
+def test_exec_twice_with_one_key_starts_one_process_and_the_repeat_describes_it(shim):
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+    first = s.call("exec", exec_id="x1", args=["sh", "-c", "echo ran >> /tmp/count; echo out"], attach=True,
+                   key="exec-1")
+    s.wait("x1")
+    again = s.call("exec", exec_id="x1", args=["sh", "-c", "echo ran >> /tmp/count; echo out"], attach=True,
+                   key="exec-1")
+    assert (again["exec_id"], again["pid"]) == (first["exec_id"], first["pid"])  # type: ignore[index]
+    assert again["status"] == "stopped" and again["exit"]["code"] == 0  # type: ignore[index]
+    assert s.output("x1") == b"out\n"
+    with open(os.path.join(s.dir, "fs", "upper", "tmp", "count")) as f:
+        assert f.read() == "ran\n"
+
+
+def test_a_repeat_that_arrives_while_the_first_runs_gets_the_first_outcome(shim):
+    import asyncio
+
+    import zmq.asyncio
+
+    from shimproto.rpc import AsyncClient
+
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+
+    async def both() -> list:
+        ctx = zmq.asyncio.Context()
+        c = AsyncClient(ctx, os.path.join(s.state, "shim.sock"), "the shim", timeout=30)
+        try:
+            params = {"exec_id": "p1", "args": ["sleep", "1000"], "key": "par"}
+            return await asyncio.gather(c.call("exec", params), c.call("exec", params))
+        finally:
+            c.close()
+            ctx.term()
+
+    a, b = asyncio.run(both())
+    assert a["pid"] == b["pid"] and a["exec_id"] == b["exec_id"] == "p1"
+    assert [e["exec_id"] for e in s.call("state")["execs"]] == ["p1"]  # type: ignore[index]
+
+
+def test_a_repeated_failed_call_gets_the_same_typed_error_and_keys_are_checked(shim):
+    s = shim()
+    s.create(["sleep", "1000"])
+    for _ in range(2):
+        with pytest.raises(InvalidState, match="cannot pause a created container"):
+            s.call("pause", key="p")
+    s.call("start", key="s")
+    assert s.call("start", key="s")["status"] == "running"  # type: ignore[index]  # the repeat is no error
+    with pytest.raises(InvalidArgument, match="already used for a start call"):
+        s.call("pause", key="s")
+    with pytest.raises(InvalidArgument, match="longer than 64"):
+        s.call("kill", signal=0, key="k" * 65)
+
+
+# --- restart -----------------------------------------------------------------------------------------------------
+
+def test_restart_runs_the_stopped_container_again_on_the_same_root_and_log(shim):
+    s = shim()
+    s.create(["sh", "-c", "echo run >> /runs; cat /runs; exit 3"])
+    with pytest.raises(InvalidState, match="cannot restart a created container"):
+        s.call("restart")
+    s.call("start")
+    assert s.wait()["code"] == 3
+    first_pid = s.call("state")["pid"]  # type: ignore[index]
+    d = s.call("restart", start=True)
+    assert d["pid"] != first_pid  # type: ignore[index]
+    assert s.wait()["code"] == 3
+    assert s.output() == b"run\nrun\nrun\n"
+    types = [e["type"] for e in s.call("events", since=0, timeout=0)["events"]]  # type: ignore[index]
+    assert types == ["create", "start", "exit", "create", "start", "exit"]
+    d = s.call("restart")  # without start: created, waiting for start
+    assert d["status"] == "created"  # type: ignore[index]
+    s.call("start")
+    assert s.wait()["code"] == 3
+    assert s.output().count(b"run\n") == 6
+
+
+def test_restart_of_a_running_container_is_refused(shim):
+    s = shim()
+    s.create(["sleep", "1000"])
+    s.call("start")
+    with pytest.raises(InvalidState, match="cannot restart a running container"):
+        s.call("restart", start=True)
+
+
+def test_restart_keeps_stdin_and_the_exit_file_is_the_new_runs(shim):
+    s = shim()
+    s.create(["cat"], stdin=True)
+    s.call("start")
+    s.call("close_stdin")
+    s.wait()
+    s.call("restart", start=True)
+    assert not os.path.exists(os.path.join(s.state, "exit.json"))
+    s.call("write_stdin", data=b"second\n")
+    s.call("close_stdin")
+    assert s.wait()["code"] == 0
+    assert s.output() == b"second\n"
+
+
+# --- logs: tail, since, until, timestamps ------------------------------------------------------------------------
+
+def test_logs_tail_timestamps_and_time_range_through_the_shim(shim):
+    s = shim()
+    s.create(["sh", "-c", "for i in 1 2 3 4 5; do echo $i; done; sleep 0.3; echo late"])
+    s.call("start")
+    s.wait()
+    r = s.call("logs", tail=2, timestamps=True)
+    assert [rec[1] for rec in r["records"]] == [b"5\n", b"late\n"]  # type: ignore[index]
+    assert all(len(rec) == 3 and rec[2] > 0 for rec in r["records"])  # type: ignore[index]
+    assert r["eof"] is True  # type: ignore[index]
+    late = r["records"][-1][2]  # type: ignore[index]
+    assert s.output(since=late) == b"late\n"
+    assert s.output(until=late - 1) == b"1\n2\n3\n4\n5\n"
+    r = s.call("logs", follow=True, until=late - 1, timeout=5)
+    assert r["eof"] is True  # type: ignore[index]
+    with pytest.raises(InvalidArgument, match="since and until"):
+        s.call("logs", since=-1)

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from runtime.errors import AlreadyExists, NotFound, RuntimeError_, classify
+from runtime.errors import AlreadyExists, CannotInvoke, CommandNotFound, NotFound, RuntimeError_, classify
 from runtime.opts import CreateOpts, DeleteOpts, KillOpts
 from shimd.io.log import format_records, parse_records
 from shimd.process import STATES, TRANSITIONS, next_state
@@ -26,6 +26,10 @@ def test_transition_table_is_closed_and_illegal_moves_are_typed_errors():
         next_state("stopped", "start")
     with pytest.raises(InvalidState, match="cannot pause a stopped container"):
         next_state("stopped", "pause")
+    assert next_state("stopped", "restart") == "deleted"  # the run's runtime container; the next run is new
+    for state in ("created", "running", "paused", "deleted"):
+        with pytest.raises(InvalidState, match=f"cannot restart a {state} container"):
+            next_state(state, "restart")
 
 
 def test_state_classes_refuse_what_they_do_not_allow():
@@ -50,6 +54,8 @@ def test_state_classes_refuse_what_they_do_not_allow():
             await STATES["running"].resume(Exec())  # type: ignore[arg-type]
         with pytest.raises(InvalidState, match="cannot exec in a paused container"):
             STATES["paused"].check_exec(Init())  # type: ignore[arg-type]
+        with pytest.raises(InvalidState, match="cannot restart a running container"):
+            await STATES["running"].restart(Init())  # type: ignore[arg-type]
 
     asyncio.run(go())
 
@@ -110,6 +116,19 @@ def test_runtime_errors_are_classified_from_the_json_log():
     assert type(err) is RuntimeError_ and "exited with status 1" in str(err)
 
 
+@pytest.mark.parametrize("why,cls", [
+    ('exec: \\"nocmd\\": executable file not found in $PATH', CommandNotFound),
+    ('exec: \\"/nope\\": stat /nope: no such file or directory', CommandNotFound),
+    ('exec: \\"/etc\\": permission denied', CannotInvoke),
+])
+@pytest.mark.parametrize("step", ["runc create failed", "exec failed"])
+def test_a_command_that_cannot_run_is_classified_from_runcs_log(why, cls, step):
+    log = f'{{"level":"error","msg":"{step}: unable to start container process: {why}"}}'
+    assert type(classify("runc create", log, 1)) is cls
+    # the same words elsewhere are not about the command
+    assert type(classify("runc delete", '{"level":"error","msg":"open /x: permission denied"}', 1)) is RuntimeError_
+
+
 # --- the import rule: runtime imports nothing of ours; shimd imports runtime and the protocol; manager and the
 # CLI import only the protocol.
 OURS = {"runtime", "shimd", "manager", "shimctl", "shimproto", "tests"}
@@ -143,6 +162,19 @@ def test_import_rule(package):
                 wrong = _imports(path) - ALLOWED[package] - {package}
                 if wrong:
                     bad.append(f"{os.path.relpath(path, REPO)} imports {sorted(wrong)}")
+    assert bad == []
+
+
+def test_processes_do_not_import_their_container():
+    """shimd/process/ sees its container through a ProcessContext only: no import of shimd.container there."""
+    bad = []
+    for dirpath, _, files in os.walk(os.path.join(REPO, "shimd", "process")):
+        for f in (f for f in files if f.endswith(".py")):
+            tree = ast.parse(open(os.path.join(dirpath, f)).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and "container" in (node.module or "").split(".") or \
+                        isinstance(node, ast.ImportFrom) and any(a.name == "container" for a in node.names):
+                    bad.append(f)
     assert bad == []
 
 
