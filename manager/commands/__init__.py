@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from shimproto.wire import Params
 
 from ..registry import Registry
-from . import create, delete, events, exec, inspect, kill, list, logs, ping, proxy, restart, start, stop, wait
+from . import (create, delete, events, exec, info, inspect, kill, list, logs, ping, proxy, restart, start, stop,
+               version, wait)
 from .params import request_key
 
-MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop)
+MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info)
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:

@@ -1,0 +1,60 @@
+"""shimctl create [OPTIONS] IMAGE [CMD ...]: make a container without starting it; prints its id.
+
+The flags are run's (run adds -d). They become one shimproto.spec.ContainerSpec, sent as `create {spec, start}`.
+Start it later with `shimctl start`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from shimproto.spec import ContainerSpec
+
+from .. import exitcodes, options
+from ..cli import Cli
+
+HELP = "create a container (start it with start)"
+ERRORS = exitcodes.CREATE
+TIMEOUT = 60.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="container id")
+    p.add_argument("--rootfs", help="use this directory (read-only, under an overlay) instead of an image")
+    p.add_argument("-e", "--env", action="append", default=[], help="environment variable NAME=VALUE")
+    p.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
+    p.add_argument("--memory", type=options.parse_size, help="memory limit, e.g. 64m")
+    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
+    p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
+
+
+def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
+    """The request the flags describe."""
+    rest = options.command(a.args)
+    if a.rootfs:
+        image, cmd = "", rest
+    elif rest:
+        image, cmd = rest[0], rest[1:]
+    else:
+        raise exitcodes.Usage(f"{verb} needs an IMAGE or --rootfs DIR")
+    return ContainerSpec(args=cmd or ["sh"], id=a.name or "", image=image,
+                         rootfs=os.path.abspath(a.rootfs) if a.rootfs else "", env=options.env_list(a.env),
+                         cwd=a.workdir, tty=a.tty, stdin=a.interactive, memory_limit=a.memory,
+                         pids_limit=a.pids_limit, auto_remove=auto_remove, **options.log_opts(a.log_opt))
+
+
+def create(cli: Cli, s: ContainerSpec, start: bool) -> str:
+    """Send the spec; the new container's id."""
+    info = cli.call("create", {"spec": s.to_wire(), "start": start}, timeout=TIMEOUT)
+    return info["id"]  # type: ignore[index]
+
+
+def run(cli: Cli, a: argparse.Namespace) -> int:
+    print(create(cli, spec(a, "create", auto_remove=a.rm), start=False))
+    return 0

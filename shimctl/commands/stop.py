@@ -1,0 +1,21 @@
+"""shimctl stop [-t S] ID...: SIGTERM each container, SIGKILL it after the grace period; prints each id."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import exitcodes
+from ..cli import Cli, for_each
+
+HELP = "SIGTERM, then SIGKILL after a grace period"
+ERRORS = exitcodes.OTHER
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", type=float, default=None, help="seconds before SIGKILL (default: config, 10)")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+
+def run(cli: Cli, a: argparse.Namespace) -> int:
+    params = {} if a.time is None else {"timeout": a.time}
+    return for_each(a.ids, lambda id: cli.call("stop", {"id": id, **params}, timeout=3700))

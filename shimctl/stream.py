@@ -1,0 +1,150 @@
+"""Following a process: its exit code, its output (a log cursor paged until eof) and our stdin sent to it.
+
+Used by the verbs that stay with a process (run, start -a, exec, attach, logs, wait). Output pages are long-polls on
+the main connection; stdin and terminal resizes go on connections of their own, from a thread, because the main
+one is mid-call. Detach keys are spotted in our stdin: seeing them stops both directions, the process runs on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from contextlib import AbstractContextManager, nullcontext
+from typing import BinaryIO
+
+from shimproto.errors import ShimdError
+from shimproto.model import rfc3339
+
+from . import term
+from .cli import POLL, Cli
+
+DETACH_POLL = 0.5  # seconds a page may wait while detach keys are watched: how late a detach is noticed
+
+
+def wait_exit(cli: Cli, id: str, exec_id: str = "") -> int:
+    while True:
+        res = cli.call("wait", {"id": id, "exec_id": exec_id, "timeout": POLL}, timeout=POLL + 15)
+        if res["exited"]:  # type: ignore[index]
+            return int(res["exit_code"])  # type: ignore[index]
+
+
+class Printer:
+    """Writes log records to our stdout/stderr, with -t each line prefixed by its RFC 3339 time and a space."""
+
+    def __init__(self, timestamps: bool = False) -> None:
+        self.timestamps = timestamps
+        self.outs: dict[str, BinaryIO] = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        self.line_start = {"stdout": True, "stderr": True}  # a partial record continues the line it began
+
+    def write(self, records: list) -> None:
+        for rec in records:
+            stream, data = rec[0], rec[1]
+            out = self.outs.get(stream, sys.stdout.buffer)
+            if self.timestamps and len(rec) > 2 and data:
+                data = self._stamp(stream, data, rfc3339(int(rec[2])).encode() + b" ")
+            out.write(data)
+            out.flush()
+
+    def _stamp(self, stream: str, data: bytes, stamp: bytes) -> bytes:
+        lines = data.splitlines(keepends=True)
+        out = [stamp + line if i or self.line_start.get(stream, True) else line for i, line in enumerate(lines)]
+        self.line_start[stream] = data.endswith(b"\n")
+        return b"".join(out)
+
+
+def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int = 0, window: dict | None = None,
+               printer: Printer | None = None, stop: threading.Event | None = None) -> bool:
+    """Page the output from cursor until eof (True) or until stop is set (False). `window` holds the logs
+    params tail (sent with the first page only), since and until (sent with every page)."""
+    printer = printer or Printer()
+    extra = {"timestamps": True} if printer.timestamps else {}
+    poll = DETACH_POLL if stop is not None else POLL
+    params = dict(window or {})
+    while stop is None or not stop.is_set():
+        res = cli.call("logs", {"id": id, "exec_id": exec_id, "cursor": cursor, "follow": follow, "timeout": poll,
+                                **extra, **params}, timeout=poll + 15)
+        params = {k: v for k, v in params.items() if k != "tail"}
+        printer.write(res["records"])  # type: ignore[index]
+        cursor = res["cursor"]  # type: ignore[index]
+        if res["eof"]:  # type: ignore[index]
+            return True
+    return False
+
+
+def pin(cli: Cli, id: str, exec_id: str = "") -> int:
+    """The cursor of "now" in the process's output: what it prints after this is ours."""
+    return cli.call("logs", {"id": id, "exec_id": exec_id, "cursor": -1})["cursor"]  # type: ignore[index]
+
+
+def attach(cli: Cli, id: str, exec_id: str, cursor: int, stdin: bool, tty: bool,
+           detach_keys: bytes = b"") -> int | None:
+    """Stream the process's output from cursor until it exits, feeding it our stdin; its exit code, or None when
+    our stdin carried the detach keys (the process runs on)."""
+    detached = threading.Event() if detach_keys and stdin else None
+    if stdin:
+        pump = StdinPump(cli, id, exec_id, detach_keys, detached)
+        threading.Thread(target=pump.run, daemon=True).start()
+    with _terminal(cli, id, exec_id) if tty and stdin else nullcontext():
+        if not print_logs(cli, id, True, exec_id, cursor, stop=detached):
+            return None
+    return wait_exit(cli, id, exec_id)
+
+
+class StdinPump:
+    """Copies our stdin to the process until EOF (then closes its stdin) or until the detach keys."""
+
+    def __init__(self, cli: Cli, id: str, exec_id: str, keys: bytes, detached: threading.Event | None) -> None:
+        self.cli, self.id, self.exec_id = cli, id, exec_id
+        self.keys, self.detached = keys, detached
+        self.held = b""  # a prefix of the detach keys, kept back until we know whether the rest follows
+
+    def run(self) -> None:
+        try:
+            c = self.cli.connect()
+            fd = sys.stdin.fileno()
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                data, detach = self.scan(data)
+                if data:
+                    self.cli.call("write_stdin", {"id": self.id, "exec_id": self.exec_id, "data": data},
+                                  timeout=60, via=c)
+                if detach:
+                    assert self.detached is not None
+                    self.detached.set()
+                    return
+            if self.held:
+                self.cli.call("write_stdin", {"id": self.id, "exec_id": self.exec_id, "data": self.held},
+                              timeout=60, via=c)
+            self.cli.call("close_stdin", {"id": self.id, "exec_id": self.exec_id}, via=c)
+        except (ShimdError, OSError):
+            pass  # the process is gone or never took stdin: output and exit code still arrive on the main path
+
+    def scan(self, data: bytes) -> tuple[bytes, bool]:
+        """(what to send now, whether the detach keys were seen): the keys themselves are never sent."""
+        if not self.keys:
+            return data, False
+        buf = self.held + data
+        at = buf.find(self.keys)
+        if at >= 0:
+            self.held = b""
+            return buf[:at], True
+        for n in range(min(len(self.keys) - 1, len(buf)), 0, -1):  # the longest tail that may begin the keys
+            if self.keys.startswith(buf[-n:]):
+                self.held = buf[-n:]
+                return buf[:-n], False
+        self.held = b""
+        return buf, False
+
+
+def _terminal(cli: Cli, id: str, exec_id: str) -> AbstractContextManager[None]:
+    """Our terminal in raw mode, its size sent now and on every change (on a connection of its own)."""
+    control = cli.connect()
+
+    def resize(rows: int, cols: int) -> None:
+        cli.call("resize", {"id": id, "exec_id": exec_id, "rows": rows, "cols": cols}, via=control)
+
+    return term.raw(resize)
+
