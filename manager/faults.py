@@ -12,6 +12,8 @@ POINTS = (
     "create:launched",      # shim running, no container
     "create:created",       # container created, not started
     "create:started",       # container started, intent not yet cleared
+    "exec:started",         # the shim started an exec process, the manager has not answered
+    "stop:signalled",       # SIGTERM sent, the grace period not yet waited
     "delete:intent",        # delete intent written
     "delete:killed",        # container killed (rm -f), not yet deleted
     "delete:shim-deleted",  # shim deleted the container and exited, files still there

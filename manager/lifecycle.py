@@ -1,7 +1,7 @@
 """The life of a container as the manager drives it: create, roll back a failed create, delete, auto-remove.
 
 Create and delete record an intent first (<state>/intents/<id>), so a manager killed at any step converges on the
-next start (manager/restore.py): a container with a create intent is rolled back, one with a delete intent is
+next start (manager/restore.py): a create is rolled back (or kept, for a client that will repeat it), a delete is
 rolled forward. Each step that asks the shim to change something passes the client's request key with the step's
 name, so a repeat of the same call after a manager restart has one effect: the shim answers a step it has done with
 its first answer. A create's key is kept in its metadata, a delete's outcome under <state>/requests.
@@ -54,13 +54,15 @@ def _pick_id(spec: ContainerSpec, key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12] if key else secrets.token_hex(6)
 
 
-async def create(r: Registry, spec: ContainerSpec, start: bool, key: str = "") -> Entry:
-    """Make (and with start, start) a container; on any failure undo everything made so far."""
+async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "") -> Entry:
+    """Make (and start, with and_start) a container; on any failure undo everything made so far."""
     spec.id = _pick_id(spec, key)
     id = spec.id
     first = r.entries.get(id)
-    if key and first is not None and first.meta.request_key == key:
-        return first  # a repeat of a create that finished before the manager could answer
+    if key and first is not None and first.meta.request_key == key:  # a repeat: its first call got this far
+        if and_start and first.status.get("status") == CREATED:
+            await start(r, first, step(key, "start"))
+        return first
     if id in r.entries or id in r.reserved or os.path.exists(r.store.dir(id)):
         raise AlreadyExists(f"container name {id!r} is already in use")
     r.reserved.add(id)
@@ -78,7 +80,7 @@ async def create(r: Registry, spec: ContainerSpec, start: bool, key: str = "") -
                              cgroups_path=f"/shimd/{id}", files_dir=r.store.dir(id))
             await r.call(e, "create", req.to_wire(), timeout=30.0, key=step(key, "create"))
             faults.point("create:created")
-            if start:
+            if and_start:
                 await r.call(e, "start", timeout=30.0, key=step(key, "start"))
                 faults.point("create:started")
             r.store.clear_intent(id)
@@ -92,7 +94,7 @@ async def create(r: Registry, spec: ContainerSpec, start: bool, key: str = "") -
     finally:
         r.reserved.discard(id)
     r.start_pump(e)
-    if spec.auto_remove and start:
+    if spec.auto_remove and and_start:
         watch_auto_remove(r, e)
     return e
 
@@ -142,6 +144,7 @@ async def stop(r: Registry, e: Entry, grace: float, key: str = "") -> dict | Non
         return e.exit
     if probe.status != CREATED and grace > 0:
         await r.call(e, "kill", {"signal": int(signal.SIGTERM)}, key=step(key, "term"))
+        faults.point("stop:signalled")
         res = await r.call(e, "wait", {"timeout": grace}, timeout=grace + 10)
         if res.get("exited"):  # type: ignore[union-attr]
             return res["exit"]  # type: ignore[index]

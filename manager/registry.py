@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
-from shimproto.model import ExitStatus, rfc3339
+from shimproto.model import STOPPED, ExitStatus, rfc3339
 from shimproto.rpc import AsyncClient
 
 from . import faults, launcher
@@ -213,7 +213,7 @@ class Registry:
             exit = (recorded or ExitStatus(code=255, reason="shim-lost")).to_wire()
             self.record(e, {"seq": self.events.last_seq(e.id) + 1, "type": "exit", "id": e.id, "exec_id": "",
                             "time": exit["exited_at"], "origin": "manager", "exit": exit})
-            self.events.observe(e.id, {"status": "stopped", "exit": exit})  # also when the log kept no event
+            self.events.observe(e.id, {"status": STOPPED, "exit": exit})  # also when the log kept no event
         e.settled.set()
         log.warning("[%s] shim lost; exit %s", e.id, e.exit)
 

@@ -1,6 +1,8 @@
 """What a starting manager does before it serves: reattach to every shim it finds and finish or undo what a killed
-manager left half done (a create intent is rolled back, a delete intent rolled forward), then shut down shims
-that have no metadata. A failure with one container is logged and never stops the manager."""
+manager left half done, then shut down shims that have no metadata. A delete intent is rolled forward. A create
+intent is rolled back, unless its call carried a request key and the shim already holds the container: that
+client will send the same call again, and gets the container it asked for (lifecycle.create recognises the key).
+A failure with one container is logged and never stops the manager."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ async def restore(r: Registry) -> dict:
         if id not in r.entries:
             r.add(Entry(Meta.placeholder(id)))
     faults.point("restore:scanned")
-    counts = {"running": 0, "lost": 0, "rolled_back": 0, "rolled_forward": 0, "orphans": 0}
+    counts = {"running": 0, "lost": 0, "rolled_back": 0, "kept": 0, "rolled_forward": 0, "orphans": 0}
     jobs = []
     for i, e in enumerate(list(r.entries.values())):
         if i == len(r.entries) // 2:
@@ -55,10 +57,13 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
     pid = read_pid(os.path.join(r.store.shim_dir(e.id), "shim.pid"))
     alive = bool(pid) and shim_alive(pid, e.id)
     intent, key = r.store.intent(e.id)
-    if intent == "create":
+    if intent == "create" and not (key and key == e.meta.request_key and alive and await _holds(r, e.id)):
         await rollback_create(r, e, pid if alive else 0)
         counts["rolled_back"] += 1
         return
+    if intent == "create":  # its client will ask again with the same key: keep what it asked for
+        r.store.clear_intent(e.id)
+        counts["kept"] += 1
     if intent == "delete":
         if alive:
             r.connect(e, pid)
@@ -78,6 +83,18 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         log.warning("[%s] restore: state: %s", e.id, err.message)
     r.start_pump(e)
     counts["running"] += e.status.get("status") == RUNNING
+
+
+async def _holds(r: Registry, id: str) -> bool:
+    """Does the shim of id hold its container (a create got at least that far)?"""
+    client = r.shim_client(id)
+    try:
+        await client.call("state", {"id": id}, timeout=5.0)
+        return True
+    except ShimdError:
+        return False
+    finally:
+        client.close()
 
 
 async def _orphan_shims(r: Registry) -> int:

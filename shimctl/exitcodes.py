@@ -3,7 +3,8 @@
 A verb says which column of the table it uses (its ERRORS): verbs that make a container (run, create) fail with
 125 whatever the daemon refused; verbs that launch a process of an existing container (start, exec) give 125 when
 the daemon or the runtime failed but 1 when the request named a container that cannot do it, as docker does
-(`docker start nosuch`, `docker exec` into a stopped container); every other verb exits 1 on error. 126 and 127 say
+(`docker start nosuch`, `docker exec` into a stopped container); every other verb exits 1 on error, but any
+verb exits 125 when no manager runs at all. 126 and 127 say
 that the container's command cannot be invoked or does not exist. The container's own code, for run, start -a,
 exec and wait, is not an error and never passes through here.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from shimproto.errors import CannotInvoke, CommandNotFound, InvalidState, NotFound, ShimdError
+from shimproto.errors import CannotInvoke, CommandNotFound, InvalidState, ManagerNotRunning, NotFound, ShimdError
 
 FAILED = 1
 USAGE = 2
@@ -37,6 +38,7 @@ class AfterStart(Exception):
 
 # error class -> exit code per column; the first class the error is an instance of wins
 TABLE: tuple[tuple[type[BaseException], dict[str, int]], ...] = (
+    (ManagerNotRunning, {CREATE: DAEMON, LAUNCH: DAEMON, OTHER: DAEMON}),  # docker's "Cannot connect" is 125 too
     (CommandNotFound, {CREATE: NOT_FOUND, LAUNCH: NOT_FOUND, OTHER: FAILED}),
     (CannotInvoke, {CREATE: CANNOT_INVOKE, LAUNCH: CANNOT_INVOKE, OTHER: FAILED}),
     (AfterStart, {CREATE: FAILED, LAUNCH: FAILED, OTHER: FAILED}),

@@ -23,7 +23,8 @@ from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encod
 
 Handler = Callable[[Params], Awaitable[object]]
 
-FAST_FAIL = 1.0  # seconds without a connection before the client checks that a manager exists at all
+FAST_FAIL = 1.0  # seconds with no manager alive before a client that never connected gives up
+RESTART_GRACE = 5.0  # the same for a client whose manager went away: time for a supervisor to start another
 
 IPC_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
@@ -182,8 +183,8 @@ class Client:
     A socket monitor tells when the connection drops. Every call is then sent again once the manager is back: a
     query or a long-poll as it was, a call that changes something with the same key (chosen here, one per call),
     so the manager (and the shim behind it) recognise the repeat and answer with the first call's outcome instead
-    of acting twice. With no manager at all (nothing has ever answered and the pid file beside the socket names no
-    live manager) a call fails within about a second with ManagerNotRunning.
+    of acting twice. With no manager at all (the pid file beside the socket names no live one) a call fails with
+    ManagerNotRunning within about a second, or five once it had a connection (a manager may be restarting).
     """
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
@@ -221,7 +222,10 @@ class Client:
         return msg.get("result")
 
     def _wait_writable(self, deadline: float) -> None:
-        started = time.monotonic()
+        """Wait until the message can go to a live connection. While none comes, give up once no manager has
+        been alive for FAST_FAIL seconds (never connected: nothing to wait for) or RESTART_GRACE seconds (the
+        manager went away: one may be restarting)."""
+        none_since = 0.0
         while True:
             if not self._down and self.sock.poll(min(200, self._left(deadline)), zmq.POLLOUT):
                 self._seen = True
@@ -229,7 +233,12 @@ class Client:
             if self._down:
                 self.monitor.poll(min(200, self._left(deadline)))
                 self._drain_monitor()
-            if not self._seen and time.monotonic() - started >= FAST_FAIL and not manager_alive(self.path):
+            now = time.monotonic()
+            if manager_alive(self.path):
+                none_since = 0.0
+            elif not none_since:
+                none_since = now
+            elif now - none_since >= (RESTART_GRACE if self._seen else FAST_FAIL):
                 raise ManagerNotRunning(f"cannot connect to the shimd manager at {self.path}: is shimd-manager "
                                         f"running?")
             if self._left(deadline) == 0:

@@ -14,8 +14,24 @@ from collections.abc import Awaitable, Callable
 from shimproto.wire import Params
 
 from ..registry import Registry
-from . import (create, delete, events, exec, info, inspect, kill, list, logs, ping, proxy, restart, start, stop,
-               version, wait)
+from . import (
+    create,
+    delete,
+    events,
+    exec,
+    info,
+    inspect,
+    kill,
+    list,
+    logs,
+    ping,
+    proxy,
+    restart,
+    start,
+    stop,
+    version,
+    wait,
+)
 from .params import request_key
 
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info)

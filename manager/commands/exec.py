@@ -16,6 +16,7 @@ import secrets
 
 from shimproto.wire import Params
 
+from .. import faults
 from ..registry import Registry
 from .params import request_key
 
@@ -24,8 +25,10 @@ NAME = "exec"
 
 async def handle(m: Registry, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
-    return await m.call(e, "exec", {  # type: ignore[return-value]
+    proc = await m.call(e, "exec", {
         "exec_id": p.str("exec_id", "") or secrets.token_hex(6), "args": p.strlist("args", required=True),
         "env": p.strlist("env"), "cwd": p.str("cwd", ""), "user": p.str("user", ""), "terminal": p.bool("tty"),
         "stdin": p.bool("stdin"), "attach": not p.bool("detach"),
     }, timeout=30.0, key=request_key(p))
+    faults.point("exec:started")
+    return proc  # type: ignore[return-value]

@@ -1,0 +1,116 @@
+"""A call in flight when the manager dies gets one effect and its real answer (issue 8, item 10), and a client with
+no manager at all is told so at once (item 11).
+
+The manager is made to SIGKILL itself at a fault point in the middle of a `shimctl` command; the test starts a new
+manager while the command still waits; the command must then finish with its real answer (exit 0, the real
+output), and what it asked for must have happened exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from shimproto.rpc import Client
+from tests.harness import PY, REPO, wait_for
+
+COUNT_ONCE = "echo x >> /count; wc -l < /count"  # prints how many times it ran in this container
+TERM_ONCE = "trap 'echo term; exit 3' TERM; echo ready; while true; do sleep 0.1; done"
+
+
+def events(env, id: str) -> list[dict]:
+    return Client(env.sock).call("events", {"since": 0, "timeout": 0, "id": id}, idempotent=True)["events"]
+
+
+def _interrupted(env, point: str, *args: str) -> subprocess.CompletedProcess:
+    """Run shimctl with the manager armed to die at point; restart the manager once it died; the command's
+    result."""
+    env.kill_manager(signal.SIGTERM)
+    env.start_manager(env={"SHIMD_FAULTS": point})
+    cmd = subprocess.Popen([PY, "-m", "shimctl", "--address", env.sock, *args], cwd=REPO, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert env.proc.wait(30) == -signal.SIGKILL, f"{point} was not reached"
+        env.proc = None
+        env.start_manager()
+        out, err = cmd.communicate(timeout=60)
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+            cmd.wait()
+    return subprocess.CompletedProcess(args, cmd.returncode, out, err)
+
+
+@pytest.mark.parametrize("point", ["create:intent", "create:launched", "create:created", "create:started"])
+def test_run_interrupted_at_any_step_runs_the_container_once(bare_env, point):
+    env = bare_env
+    env.start_manager()
+    id = env.name("run")
+    r = _interrupted(env, point, "run", "-d", "--name", id, "busybox", "sh", "-c", "echo started; sleep 100000")
+    assert (r.returncode, r.stdout.strip()) == (0, id), r.stderr
+    wait_for(lambda: "started" in env.ctl("logs", id).out, 10, "the container's output")
+    assert env.inspect(id)["status"] == "running"
+    starts = [ev for ev in events(env, id) if ev["type"] == "start"]
+    assert len(starts) == 1, f"the container ran {len(starts)} times: {events(env, id)}"
+    assert env.ctl("logs", id).out.count("started") == 1
+
+
+def test_an_unnamed_run_interrupted_after_start_is_one_container(bare_env):
+    env = bare_env
+    env.start_manager()
+    r = _interrupted(env, "create:started", "run", "-d", "busybox", "sleep", "100000")
+    assert r.returncode == 0, r.stderr
+    assert env.ctl("ps", "-q").out.split() == [r.stdout.strip()]
+
+
+def test_exec_interrupted_after_it_started_runs_once_and_gets_its_output(bare_env):
+    env = bare_env
+    env.start_manager()
+    id = env.name("exec")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    r = _interrupted(env, "exec:started", "exec", id, "sh", "-c", COUNT_ONCE)
+    assert (r.returncode, r.stdout.strip()) == (0, "1"), r.stderr
+    assert env.ok("exec", id, "cat", "/count").out == "x\n"
+
+
+def test_stop_interrupted_after_the_signal_sends_it_once(bare_env):
+    env = bare_env
+    env.start_manager()
+    id = env.name("stop")
+    env.ok("run", "-d", "--name", id, "busybox", "sh", "-c", TERM_ONCE)
+    wait_for(lambda: "ready" in env.ctl("logs", id).out, 10, "the trap")
+    r = _interrupted(env, "stop:signalled", "stop", "-t", "20", id)
+    assert (r.returncode, r.stdout.strip()) == (0, id), r.stderr
+    assert env.inspect(id)["exit_code"] == 3
+    assert env.ctl("logs", id).out.count("term") == 1
+
+
+@pytest.mark.parametrize("point", ["delete:intent", "delete:killed", "delete:shim-deleted", "delete:files-removed"])
+def test_rm_interrupted_at_any_step_answers_as_if_it_had_not_been(bare_env, point):
+    env = bare_env
+    env.start_manager()
+    id = env.name("rm")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    r = _interrupted(env, point, "rm", "-f", id)
+    assert (r.returncode, r.stdout.strip()) == (0, id), r.stderr
+    assert env.ctl("inspect", id).rc == 1
+    assert env.container_ids_on_disk() == []
+
+
+def test_with_no_manager_a_command_says_so_within_a_second(bare_env):
+    env = bare_env
+    env.start_manager()
+    env.kill_manager(signal.SIGKILL)  # its pid file stays behind, naming a dead process
+    for args in (("ps",), ("run", "--rm", "busybox", "true")):
+        t0 = time.monotonic()
+        r = env.ctl(*args, timeout=30)
+        took = time.monotonic() - t0
+        assert r.rc == 125, (args, r.rc, r.err)
+        assert f"cannot connect to the shimd manager at {env.sock}: is shimd-manager running?" in r.err
+        assert took < 5, f"shimctl {args[0]} took {took:.1f}s to say the manager is not running"
+    os.unlink(os.path.join(env.state, "shimd.pid"))  # and with no pid file at all
+    assert env.ctl("ps", timeout=30).rc == 125
