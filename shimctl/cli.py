@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shimproto.errors import ShimdError, Unavailable
+from shimproto.errors import ManagerNotRunning, ShimdError, Unavailable
 
 if TYPE_CHECKING:
     from shimproto.rpc import Client
@@ -36,8 +36,8 @@ class Cli:
             os.stat(self.address)
             allowed = os.access(self.address, os.R_OK | os.W_OK)
         except FileNotFoundError:
-            raise Unavailable(f"cannot connect to the shimd manager at {self.address}: no such socket "
-                              f"(is shimd-manager running?)") from None
+            raise ManagerNotRunning(f"cannot connect to the shimd manager at {self.address}: no such socket "
+                                    f"(is shimd-manager running?)") from None
         except PermissionError:
             allowed = False
         if not allowed:

@@ -155,6 +155,9 @@ def test_start_of_an_exited_container_runs_it_again(env):
     assert env.ok("start", id).out.strip() == id
     wait_for(lambda: env.ctl("logs", id).out == "ran\nran\n", 20, "the second run's output")
     assert env.ok("wait", id).out.strip() == "0"
+    r = env.ctl("start", "-a", id)  # attached: only what this run prints
+    assert (r.rc, r.out) == (0, "ran\n")
+    assert env.ok("logs", id).out == "ran\nran\nran\n"
 
 
 def test_restart_gives_a_running_container_a_new_process(env):

@@ -66,5 +66,6 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
         now = time.time()
         print(render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID"], [
             [c["id"], c["image"] or "-", " ".join(c["args"])[:40], render.ago(c["created_at"], now),
-             render.status(c, now), c["pid"] or "-"] for c in rows]), end="")
+             render.status(c, now), c["pid"] if c["status"] in (RUNNING, PAUSED) and c["pid"] else "-"]
+            for c in rows]), end="")
     return 0
