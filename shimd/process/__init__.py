@@ -6,13 +6,23 @@ process ("cannot pause a stopped container", "cannot kill a stopped exec process
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shimproto.errors import InvalidState
 from shimproto.model import CREATED, DELETED, PAUSED, RUNNING, STOPPED
 
-if TYPE_CHECKING:
-    from .process import Process
+
+class Process(Protocol):
+    """What a state needs of a process (shimd.process.process implements it; no import back to it here)."""
+
+    noun: str
+
+    async def do_start(self) -> None: ...
+    async def do_kill(self, sig: int, all: bool) -> None: ...
+    async def do_pause(self) -> None: ...
+    async def do_resume(self) -> None: ...
+    async def do_delete(self) -> None: ...
+    async def do_restart(self) -> None: ...
 
 # (state, event) -> next state. Anything not listed is illegal.
 TRANSITIONS: dict[tuple[str, str], str] = {
