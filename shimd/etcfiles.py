@@ -15,6 +15,9 @@ from runtime.bundle import BindMount
 from shimproto.fsutil import atomic_write
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
+# When the host's file names only systemd-resolved's stub (127.0.0.53), docker takes resolved's list of the real
+# upstream servers instead; so do we.
+RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
 
 HOSTS = """127.0.0.1\tlocalhost
 ::1\tlocalhost ip6-localhost ip6-loopback
@@ -43,13 +46,25 @@ def container_resolv_conf(host_text: str) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF) -> list[BindMount]:
-    """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
+def _read(path: str) -> str:
     try:
-        with open(host_resolv, errors="replace") as f:
-            resolv = container_resolv_conf(f.read())
+        with open(path, errors="replace") as f:
+            return f.read()
     except FileNotFoundError:
-        resolv = ""
+        return ""
+
+
+def _has_nameserver(text: str) -> bool:
+    return any(line.split()[:1] == ["nameserver"] for line in text.splitlines())
+
+
+def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF,
+                    upstream: str = RESOLVED_UPSTREAM) -> list[BindMount]:
+    """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
+    host = _read(host_resolv)
+    resolv = container_resolv_conf(host)
+    if _has_nameserver(host) and not _has_nameserver(resolv) and os.path.exists(upstream):
+        resolv = container_resolv_conf(_read(upstream))
     files = {
         "hostname": f"{hostname}\n",
         "hosts": HOSTS + f"127.0.1.1\t{hostname}\n",

@@ -53,10 +53,19 @@ def test_resolv_conf_drops_loopback_nameservers_only():
     assert container_resolv_conf("nameserver 127.0.0.11\n") == ""
 
 
+def test_a_host_with_only_the_systemd_resolved_stub_gives_resolveds_upstream_servers(tmp_path):
+    (tmp_path / "stub").write_text("nameserver 127.0.0.53\noptions edns0\n")
+    (tmp_path / "upstream").write_text("nameserver 192.0.2.7\n")
+    write_etc_files(str(tmp_path / "c"), "h", str(tmp_path / "stub"), str(tmp_path / "upstream"))
+    assert (tmp_path / "c" / "resolv.conf").read_text() == "nameserver 192.0.2.7\n"
+    write_etc_files(str(tmp_path / "d"), "h", str(tmp_path / "stub"), str(tmp_path / "none"))
+    assert (tmp_path / "d" / "resolv.conf").read_text() == "options edns0\n"
+
+
 def test_etc_files_are_written_and_bind_mounted(tmp_path):
     resolv = tmp_path / "host-resolv"
     resolv.write_text("nameserver 192.0.2.1\n")
-    binds = write_etc_files(str(tmp_path / "c"), "web", str(resolv))
+    binds = write_etc_files(str(tmp_path / "c"), "web", str(resolv), str(tmp_path / "none"))
     assert [b.destination for b in binds] == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
     assert (tmp_path / "c" / "hostname").read_text() == "web\n"
     assert (tmp_path / "c" / "hosts").read_text().endswith("ff02::2\tip6-allrouters\n127.0.1.1\tweb\n")
