@@ -3,10 +3,9 @@
 A verb says which column of the table it uses (its ERRORS): verbs that make a container (run, create) fail with
 125 whatever the daemon refused; verbs that launch a process of an existing container (start, exec) give 125 when
 the daemon or the runtime failed but 1 when the request named a container that cannot do it, as docker does
-(`docker start nosuch`, `docker exec` into a stopped container); every other verb exits 1 on error, but any
-verb exits 125 when no manager runs at all. 126 and 127 say
-that the container's command cannot be invoked or does not exist. The container's own code, for run, start -a,
-exec and wait, is not an error and never passes through here.
+(`docker start nosuch`, `docker exec` into a stopped container); every other verb exits 1 on error. Any verb exits
+125 when no manager runs at all. 126 and 127 say that the container's command cannot be invoked or does not exist.
+The container's own code, for run, start -a, exec and wait, is not an error and never passes through here.
 """
 
 from __future__ import annotations

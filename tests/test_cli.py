@@ -16,7 +16,7 @@ import pytest
 
 from shimctl import exitcodes, options, render
 from shimctl.commands.ps import matches, parse_filter
-from shimproto.errors import CannotInvoke, CommandNotFound, InvalidState, NotFound, RuntimeFailed, Unavailable
+from shimproto import errors
 from tests.harness import PY, REPO, wait_for
 
 RFC3339_NANO = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
@@ -75,15 +75,17 @@ def test_human_durations_and_statuses_are_worded_as_docker_does():
 def test_exit_code_table_follows_docker():
     code = exitcodes.code
     for column in (exitcodes.CREATE, exitcodes.LAUNCH):
-        assert code(column, CommandNotFound("x")) == 127
-        assert code(column, CannotInvoke("x")) == 126
-        assert code(column, RuntimeFailed("x")) == 125
-        assert code(column, Unavailable("x")) == 125
-    assert code(exitcodes.CREATE, NotFound("no such image")) == 125
-    assert code(exitcodes.LAUNCH, NotFound("no such container")) == 1  # docker start nosuch: 1
-    assert code(exitcodes.LAUNCH, InvalidState("not running")) == 1  # docker exec into a stopped one: 1
-    assert {code(exitcodes.OTHER, e) for e in (CommandNotFound("x"), RuntimeFailed("x"), NotFound("x"))} == {1}
+        assert code(column, errors.CommandNotFound("x")) == 127
+        assert code(column, errors.CannotInvoke("x")) == 126
+        assert code(column, errors.RuntimeFailed("x")) == 125
+        assert code(column, errors.Unavailable("x")) == 125
+    assert code(exitcodes.CREATE, errors.NotFound("no such image")) == 125
+    assert code(exitcodes.LAUNCH, errors.NotFound("no such container")) == 1  # docker start nosuch: 1
+    assert code(exitcodes.LAUNCH, errors.InvalidState("not running")) == 1  # docker exec into a stopped one: 1
+    others = (errors.CommandNotFound("x"), errors.RuntimeFailed("x"), errors.NotFound("x"))
+    assert {code(exitcodes.OTHER, e) for e in others} == {1}
     assert code(exitcodes.CREATE, exitcodes.Usage("x")) == 125 and code(exitcodes.OTHER, exitcodes.Usage("x")) == 2
+    assert {code(column, errors.ManagerNotRunning("x")) for column in (exitcodes.CREATE, exitcodes.OTHER)} == {125}
 
 
 def test_ps_filters_or_within_a_key_and_across_keys():
@@ -323,6 +325,9 @@ def test_version_and_info(env):
 
 
 def test_version_prints_the_client_without_a_manager(bare_env):
+    started = time.monotonic()
     r = bare_env.ctl("version")
-    assert r.rc != 0 and r.out.startswith("Client:") and len(r.err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 5
+    assert r.rc == 125 and r.out.startswith("Client:") and len(r.err.strip().splitlines()) == 1
+    assert "is shimd-manager running?" in r.err
     assert json.loads(bare_env.ctl("version", "--format", "json").out or "null") is None
