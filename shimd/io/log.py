@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import errno
+import functools
 import logging
 import os
 import time
@@ -49,13 +50,18 @@ class ReadOpts:
 PLAIN = ReadOpts()
 
 
+@functools.lru_cache(maxsize=64)
+def _seconds(prefix: bytes) -> int:
+    """"YYYY-MM-DDTHH:MM:SS" -> unix seconds (cached: records come in runs of one second)."""
+    return calendar.timegm((int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]),
+                            int(prefix[14:16]), int(prefix[17:19]), 0, 0, 0))
+
+
 def parse_ts(ts: bytes) -> int:
     """RFC3339 (as format_records writes it, fraction optional) -> unix ns; 0 when unreadable."""
     try:
-        secs = calendar.timegm((int(ts[0:4]), int(ts[5:7]), int(ts[8:10]), int(ts[11:13]), int(ts[14:16]),
-                                int(ts[17:19]), 0, 0, 0))
         frac = ts[20:-1] if ts[19:20] == b"." else b""
-        return secs * 1_000_000_000 + int((frac + b"000000000")[:9])
+        return _seconds(ts[:19]) * 1_000_000_000 + int((frac + b"000000000")[:9])
     except ValueError:
         return 0
 
@@ -81,18 +87,24 @@ def parse_page(buf: bytes, opts: ReadOpts = PLAIN) -> tuple[list[list], int, boo
             if raw != last_raw:
                 last_raw, ns = raw, parse_ts(raw)
             if opts.until and ns > opts.until:
-                return out, used, True
-        used += len(line) + 1
-        if timed and ns < opts.since:
-            continue
+                return _records(out, opts), used, True
+            used += len(line) + 1
+            if ns < opts.since:
+                continue
         if tag == b"F":
             text += b"\n"
-        s = stream.decode(errors="replace")
-        if out and out[-1][0] == s and (not opts.timestamps or out[-1][2] == ns):
-            out[-1][1] += text
+        if out and out[-1][0] == stream and (not opts.timestamps or out[-1][2] == ns):
+            out[-1][1].append(text)
         else:
-            out.append([s, text, ns] if opts.timestamps else [s, text])
-    return out, used, False
+            out.append([stream, [text], ns])
+    return _records(out, opts), end + 1 if not timed else used, False
+
+
+def _records(groups: list[list], opts: ReadOpts) -> list[list]:
+    """[stream, [pieces], ns] groups -> wire records (pieces joined once: appending bytes to bytes is quadratic)."""
+    if opts.timestamps:
+        return [[s.decode(errors="replace"), b"".join(p), ns] for s, p, ns in groups]
+    return [[s.decode(errors="replace"), b"".join(p)] for s, p, _ in groups]
 
 
 def parse_records(buf: bytes) -> tuple[list[list], int]:
