@@ -1,4 +1,4 @@
-"""shimctl start [-a] [-i] ID: start a created container; a stopped one is started again (as restart does).
+"""shimctl start [-a] [-i] ID: start a created container; a stopped one runs again (same writable layer and log).
 
 Prints the id; with -a follows its output instead and exits with its code, with -i sends it our stdin (the
 container must have been made with -i).
@@ -7,8 +7,6 @@ container must have been made with -i).
 from __future__ import annotations
 
 import argparse
-
-from shimproto.model import STOPPED
 
 from .. import exitcodes, stream
 from ..cli import Cli
@@ -25,15 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cli: Cli, a: argparse.Namespace) -> int:
-    info = cli.call("inspect", {"id": a.id})
+    """The manager's start runs a stopped container again; attached, its output from the start on is ours."""
     attach = a.attach or a.interactive
-    cursor = stream.pin(cli, a.id) if attach else 0  # its output from the start on is ours
-    if info["status"] == STOPPED:  # type: ignore[index]
-        cli.call("restart", {"id": a.id}, timeout=TIMEOUT)
-    else:
-        cli.call("start", {"id": a.id}, timeout=TIMEOUT)
     if not attach:
+        cli.call("start", {"id": a.id}, timeout=TIMEOUT)
         print(a.id)
         return 0
-    code = stream.attach(cli, a.id, "", cursor, stdin=a.interactive, tty=bool(info.get("terminal")))  # type: ignore
+    tty = bool(cli.call("inspect", {"id": a.id})["terminal"])  # type: ignore[index]
+    cursor = stream.pin(cli, a.id)
+    cli.call("start", {"id": a.id}, timeout=TIMEOUT)
+    code = stream.attach(cli, a.id, "", cursor, stdin=a.interactive, tty=tty)
     return int(code)  # type: ignore[arg-type]  # no detach keys: never None
