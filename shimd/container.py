@@ -12,6 +12,7 @@ exit is published, the OOM count, teardown after the init is deleted) is done he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -130,17 +131,24 @@ class Container:
 
     async def restart(self, start: bool) -> None:
         """A new run of a stopped container: `runc delete` of the old one, create (and start) again with the same
-        bundle, writable layer, log (appended to) and stdio set-up."""
+        bundle, writable layer, log (appended to) and stdio set-up. If the new run cannot be created, the
+        container stays stopped with its last exit."""
         async with self._delete_lock:
-            init = self._init()
-            await init.restart()  # refused unless stopped: "cannot restart a running container"
-            self._end_run()
-            for name in (EXIT_FILE, "init.pid"):
-                if os.path.exists(os.path.join(self.state_dir, name)):
-                    os.unlink(os.path.join(self.state_dir, name))
-            assert self.req is not None and self._writer is not None
-            self._writer.resume()
-            self.init = await self._create_init(self.req)
+            old = self._init()
+
+            async def next_run() -> None:
+                assert self.req is not None and self._writer is not None
+                self._end_run()
+                self._writer.resume()
+                try:
+                    self.init = await self._create_init(self.req)
+                except BaseException:
+                    self._writer.close()
+                    raise
+                with contextlib.suppress(FileNotFoundError):  # the last run's: the new run writes its own
+                    os.unlink(os.path.join(self.state_dir, EXIT_FILE))
+
+            await old.restart(next_run)  # refused unless stopped: "cannot restart a running container"
         if start:
             await self.start()
 
@@ -280,8 +288,7 @@ class Container:
             if init.state.name == CREATED:  # kill the waiting init first; its exit makes the container stopped
                 await init.do_kill(signal.SIGKILL, True)
                 await init.exited.wait()
-            if init.state.name != DELETED or self._torn_down:  # DELETED, not torn down: a restart that failed
-                await init.delete()
+            await init.delete()
             await self.teardown()
         return init.exit
 
@@ -291,7 +298,7 @@ class Container:
         if init.state.name not in (CREATED, STOPPED, DELETED):
             await init.do_kill(signal.SIGKILL, True)
             await init.exited.wait()
-        if not self._torn_down:
+        if init.state.name != DELETED:
             return await self.delete()
         return init.exit
 

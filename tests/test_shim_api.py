@@ -318,3 +318,31 @@ def test_logs_tail_timestamps_and_time_range_through_the_shim(shim):
     assert r["eof"] is True  # type: ignore[index]
     with pytest.raises(InvalidArgument, match="since and until"):
         s.call("logs", since=-1)
+
+
+def test_restart_of_a_terminal_container_gets_a_new_terminal_and_keeps_its_limits(shim):
+    s = shim()
+    s.create(["sh", "-c", "tty; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || "
+                          "cat /sys/fs/cgroup/memory.max"], tty=True, memory_limit=64 << 20)
+    s.call("start")
+    s.wait()
+    s.call("restart", start=True)
+    assert s.wait()["code"] == 0
+    out = s.output().replace(b"\r", b"").decode().split()
+    assert out[0].startswith("/dev/pts/") and out[2].startswith("/dev/pts/")
+    assert out[1] == out[3] == str(64 << 20)
+    assert not [n for n in os.listdir(s.state) if n.endswith(".console")]
+
+
+def test_a_restart_that_cannot_create_the_new_run_leaves_the_container_stopped(shim):
+    s = shim()
+    s.create(["/bin/sh", "-c", "rm /bin/sh; exit 4"])  # the first run removes its own command
+    s.call("start")
+    assert s.wait()["code"] == 4
+    for _ in range(2):  # and again: the runtime container is gone already
+        with pytest.raises(CommandNotFound, match="/bin/sh"):
+            s.call("restart", start=True)
+        d = s.call("state")
+        assert (d["status"], d["exit"]["code"]) == ("stopped", 4)  # type: ignore[index]
+    assert s.call("delete")["exit"]["code"] == 4  # type: ignore[index]
+    wait_for(lambda: not os.path.exists(os.path.join(s.state, "bundle")), 10, "the shim's state to go")

@@ -55,7 +55,7 @@ def test_state_classes_refuse_what_they_do_not_allow():
         with pytest.raises(InvalidState, match="cannot exec in a paused container"):
             STATES["paused"].check_exec(Init())  # type: ignore[arg-type]
         with pytest.raises(InvalidState, match="cannot restart a running container"):
-            await STATES["running"].restart(Init())  # type: ignore[arg-type]
+            await STATES["running"].restart(Init(), None)  # type: ignore[arg-type]
 
     asyncio.run(go())
 

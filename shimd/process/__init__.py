@@ -6,6 +6,7 @@ process ("cannot pause a stopped container", "cannot kill a stopped exec process
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from shimproto.errors import InvalidState
@@ -22,7 +23,7 @@ class Process(Protocol):
     async def do_pause(self) -> None: ...
     async def do_resume(self) -> None: ...
     async def do_delete(self) -> None: ...
-    async def do_restart(self) -> None: ...
+    async def do_restart(self, next_run: Callable[[], Awaitable[None]]) -> None: ...
 
 # (state, event) -> next state. Anything not listed is illegal.
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -34,7 +35,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (PAUSED, "resume"): RUNNING,
     (PAUSED, "exit"): STOPPED,
     (STOPPED, "delete"): DELETED,
-    (STOPPED, "restart"): DELETED,  # this run's runtime container is deleted; the next run is a new process
+    (STOPPED, "restart"): DELETED,  # this run is over once the next one, a new process, was created
 }
 
 
@@ -66,7 +67,7 @@ class State:
     async def delete(self, p: Process) -> None:
         raise self._refuse(p, "delete")
 
-    async def restart(self, p: Process) -> None:
+    async def restart(self, p: Process, next_run: Callable[[], Awaitable[None]]) -> None:
         raise self._refuse(p, "restart")
 
     def check_exec(self, p: Process) -> None:
@@ -128,8 +129,8 @@ class Stopped(State):
     async def delete(self, p: Process) -> None:
         await p.do_delete()
 
-    async def restart(self, p: Process) -> None:
-        await p.do_restart()
+    async def restart(self, p: Process, next_run: Callable[[], Awaitable[None]]) -> None:
+        await p.do_restart(next_run)
 
 
 class Deleted(State):

@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 
+import runtime.errors as rt
 from runtime.bundle import exec_process
 from runtime.opts import DeleteOpts, ExecOpts, KillOpts
 from shimproto.errors import InvalidState
 from shimproto.fsutil import write_json
-from shimproto.model import CREATED, ExitStatus
+from shimproto.model import CREATED, STOPPED, ExitStatus
 
 from .. import sys as _sys
 from ..io.log import PLAIN, LogWriter, ReadOpts
@@ -65,8 +67,8 @@ class Process:
     async def delete(self) -> None:
         await self.state.delete(self)
 
-    async def restart(self) -> None:
-        await self.state.restart(self)
+    async def restart(self, next_run: Callable[[], Awaitable[None]]) -> None:
+        await self.state.restart(self, next_run)
 
     # --- what every process shares -------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class Process:
     async def do_delete(self) -> None:
         raise NotImplementedError
 
-    async def do_restart(self) -> None:
+    async def do_restart(self, next_run: Callable[[], Awaitable[None]]) -> None:
         raise InvalidState(f"cannot restart an {self.noun}: only a container is restarted")
 
 
@@ -168,13 +170,22 @@ class InitProcess(Process):
 
     async def do_delete(self) -> None:
         """`runc delete`; the container tears down what is left once its init is deleted."""
-        await self.ctx.runtime.delete(self.ctx.id, DeleteOpts(force=self.state.name == CREATED))
+        await self._runtime_delete(force=self.state.name == CREATED)
         self.transition("delete")
 
-    async def do_restart(self) -> None:
-        """`runc delete` of this run's runtime container, so the next run can be created under the same id."""
-        await self.ctx.runtime.delete(self.ctx.id)
+    async def do_restart(self, next_run: Callable[[], Awaitable[None]]) -> None:
+        """`runc delete` of this run's runtime container, then next_run (the container creates the new run under
+        the same id). Only once that worked is this run over: if it failed, this one stays stopped."""
+        await self._runtime_delete(force=False)
+        await next_run()
         self.transition("restart")
+
+    async def _runtime_delete(self, force: bool) -> None:
+        try:
+            await self.ctx.runtime.delete(self.ctx.id, DeleteOpts(force=force))
+        except rt.NotFound:  # a restart deleted it and could not create the next run: nothing left to delete
+            if self.state.name != STOPPED:
+                raise
 
 
 class ExecProcess(Process):
