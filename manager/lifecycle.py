@@ -69,7 +69,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     try:
         meta = Meta(spec=spec, lower=_lower(r, spec), created_at=time.time_ns(), request_key=key)
         e = Entry(meta, state=STATES[CREATING], status=r.events.status(id))
-        r.store.set_intent(id, "create")
+        r.store.set_intent(id, "create", key)
         try:
             r.store.save(meta)
             faults.point("create:intent")

@@ -92,7 +92,7 @@ def test_a_dead_shim_is_noticed_at_once_and_its_container_killed(env):
     assert env.inspect(id)["status"] == "stopped"
 
 
-@pytest.mark.parametrize("point", [p for p in POINTS if not p.startswith("restore")])
+@pytest.mark.parametrize("point", [p for p in POINTS if p.startswith(("create", "delete"))])
 def test_a_manager_killed_at_any_step_of_create_or_delete_converges(bare_env, point):
     env = bare_env
     id = env.name("f")
@@ -110,7 +110,12 @@ def test_a_manager_killed_at_any_step_of_create_or_delete_converges(bare_env, po
     assert env.proc.wait(10) == -signal.SIGKILL
     env.proc = None
     env.start_manager()
-    # converged: a create is rolled back, a delete rolled forward; nothing of it is left anywhere
+    if point in ("create:created", "create:started"):
+        # the call carried a request key and the shim holds the container: it is kept for a client that repeats
+        # the call (tests/test_repeat.py); this one gave up, so the container is there as if the call had answered
+        assert env.inspect(id)["status"] == ("running" if point == "create:started" else "created")
+        env.ok("rm", "-f", id)
+    # converged: a create is rolled back (or kept, above), a delete rolled forward; nothing else is left anywhere
     assert env.ctl("inspect", id).rc == 1
     assert env.container_ids_on_disk() == []
     assert os.listdir(os.path.join(env.state, "shims")) == []
