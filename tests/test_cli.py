@@ -16,6 +16,7 @@ import pytest
 
 from shimctl import exitcodes, options, render
 from shimctl.commands.ps import matches, parse_filter
+from shimctl.stream import Printer, StdinPump
 from shimproto import errors
 from tests.harness import PY, REPO, wait_for
 
@@ -106,6 +107,23 @@ def test_ps_filters_or_within_a_key_and_across_keys():
     for bad in ("color=red", "status=sleepy", "name"):
         with pytest.raises(Exception, match="invalid filter"):
             parse_filter(bad)
+
+
+def test_detach_keys_are_found_across_reads_and_never_sent():
+    pump = StdinPump(None, "c", "", b"\x10\x11", None)  # type: ignore[arg-type]
+    assert pump.scan(b"abc\x10") == (b"abc", False)  # held back: may begin the keys
+    assert pump.scan(b"x") == (b"\x10x", False)  # it did not: sent after all
+    assert pump.scan(b"12\x10") == (b"12", False)
+    assert pump.scan(b"\x11rest") == (b"", True)
+    assert StdinPump(None, "c", "", b"", None).scan(b"\x10\x11") == (b"\x10\x11", False)  # type: ignore[arg-type]
+
+
+def test_timestamps_prefix_each_line_once_partial_records_included():
+    p = Printer(timestamps=True)
+    stamp = b"T "
+    assert p._stamp("stdout", b"par", stamp) == b"T par"
+    assert p._stamp("stdout", b"tial\n", stamp) == b"tial\n"  # the rest of a line already stamped
+    assert p._stamp("stdout", b"a\nb\n", stamp) == b"T a\nT b\n"
 
 
 # --- start-up cost ---------------------------------------------------------------------------------------------
