@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from shimproto.errors import ManagerNotRunning, ShimdError, Unavailable
 
 if TYPE_CHECKING:
-    from shimproto.rpc import Client
+    from shimproto.client import Client
 
 DEFAULT_ADDRESS = "/run/shimd/shimd.sock"
 POLL = 20.0  # seconds a long-poll (wait, logs -f) may take on the manager's side
@@ -43,7 +43,7 @@ class Cli:
         if not allowed:
             raise Unavailable(f"permission denied on the shimd manager socket {self.address}: run as root "
                               f"or as a member of the group set as socket_group in the manager's config")
-        from shimproto.rpc import Client  # only verbs that talk to the manager pay for zmq
+        from shimproto.client import Client  # only verbs that talk to the manager pay for zmq
 
         return Client(self.address)
 

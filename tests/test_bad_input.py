@@ -66,8 +66,8 @@ def test_rootfs_without_a_shell_fails_cleanly(env):
     empty = os.path.join(env.base, "empty")
     os.makedirs(empty)
     r = env.ctl("run", "--name", env.name("e"), "--rootfs", empty, "sh")
-    assert r.rc == 125
-    assert len(r.err.strip().splitlines()) == 1 and "runc" in r.err
+    assert r.rc == 127  # as docker: the command is not found
+    assert len(r.err.strip().splitlines()) == 1 and '"sh": executable file not found' in r.err
     assert_nothing_half_made(env, [])
 
 
@@ -101,7 +101,7 @@ def test_run_without_image(env):
 
 def test_manager_not_running(bare_env):
     r = bare_env.ctl("ps")
-    assert_one_line_error(r, "cannot connect", bare_env.sock, rc=1)
+    assert_one_line_error(r, "cannot connect", bare_env.sock, rc=125)
 
 
 def test_malformed_frames_get_an_error_reply_and_the_manager_keeps_serving(env):

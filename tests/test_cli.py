@@ -128,8 +128,6 @@ def test_timestamps_prefix_each_line_once_partial_records_included():
 
 # --- start-up cost ---------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="shimproto.rpc holds the blocking Client beside the asyncio server and imports "
-                   "asyncio and zmq.asyncio (also through zmq.utils.monitor); the Client needs a module of its own")
 def test_ps_imports_only_its_own_verb_and_no_asyncio(env):
     run_sleeper(env, "imp")
     probe = ("import sys\nfrom shimctl.__main__ import main\n"

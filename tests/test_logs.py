@@ -17,7 +17,7 @@ from datetime import datetime
 import psutil
 import pytest
 
-from shimproto.rpc import Client
+from shimproto.client import Client
 from tests.harness import PY, REPO, wait_for
 
 MB = 1 << 20

@@ -17,7 +17,7 @@ import pytest
 
 from manager.faults import POINTS
 from shimproto.errors import DeadlineExceeded
-from shimproto.rpc import Client
+from shimproto.client import Client
 from tests.harness import PY, REPO, our_processes, wait_for
 
 EXIT_ON_USR1 = "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done"

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from shimproto.rpc import Client
+from shimproto.client import Client
 from tests.harness import PY, REPO, wait_for
 
 
@@ -72,7 +72,7 @@ def test_exec_refused_in_a_stopped_container_and_duplicate_exec_id(env):
     c = api(env)
     c.call("exec", {"id": id, "exec_id": "one", "args": ["sleep", "100"], "detach": True})
     r = subprocess.run([PY, "-c", f"""
-from shimproto.rpc import Client
+from shimproto.client import Client
 try:
     Client({env.sock!r}).call("exec", {{"id": {id!r}, "exec_id": "one", "args": ["true"]}})
 except Exception as e:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from shimproto.rpc import Client
+from shimproto.client import Client
 from tests.harness import PY, REPO, wait_for
 
 COUNT_ONCE = "echo x >> /count; wc -l < /count"  # prints how many times it ran in this container
