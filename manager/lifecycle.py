@@ -31,8 +31,12 @@ FORCE_WAIT = 10.0
 
 
 def step(key: str, name: str) -> str:
-    """The key of one shim call made for a client's request (none when the client sent none)."""
-    return f"{key}/{name}" if key else ""
+    """The key of one shim call made for a client's request (none when the client sent none); the shim takes at
+    most 64 characters, so a long one is shortened to a digest of the same two parts."""
+    if not key:
+        return ""
+    k = f"{key}/{name}"
+    return k if len(k) <= 64 else f"{hashlib.sha256(k.encode()).hexdigest()[:48]}/{name}"[:64]
 
 
 # --- create ----------------------------------------------------------------------------------------------------

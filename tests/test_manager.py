@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from manager.faults import POINTS
-from shimproto.errors import DeadlineExceeded
 from shimproto.client import Client
+from shimproto.errors import DeadlineExceeded
 from tests.harness import PY, REPO, our_processes, wait_for
 
 EXIT_ON_USR1 = "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done"

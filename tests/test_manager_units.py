@@ -186,3 +186,13 @@ def test_a_container_status_is_written_only_by_the_event_log():
         with open(path) as f:
             found += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(f, 1) if writes.search(line)]
     assert not found, "container status written outside manager/events.py:\n" + "\n".join(found)
+
+
+def test_step_keys_fit_the_shims_limit_and_stay_distinct():
+    from manager.lifecycle import step
+
+    assert step("", "create") == ""
+    assert step("k1", "create") == "k1/create"
+    long = "a" * 64
+    keys = {step(long, s) for s in ("create", "start", "restart")} | {step(step(long, "stop"), "term")}
+    assert len(keys) == 4 and all(len(k) <= 64 for k in keys)
