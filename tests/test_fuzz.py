@@ -21,8 +21,8 @@ and long polls get a short timeout (negative ones are sent as they are; NaN is l
 SHIMD_FUZZ_EXAMPLES=N sets the number of examples per server (300).
 
 test_oversized_frame_drops_only_that_connection sends a frame over ZMQ_MAXMSGSIZE (9 MiB): zmq drops that
-connection, and other and new ones are served. test_a_nan_timeout_does_not_hold_up_other_clients pins down a bug
-the fuzzing showed: a NaN long-poll timeout disturbs the server's timers for every client.
+connection, and other and new ones are served. test_a_nan_timeout_does_not_hold_up_other_clients keeps out a bug
+the fuzzing found (a NaN long-poll timeout disturbed the server's timers for every client).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from shimproto.errors import InvalidArgument, ShimdError
 from shimproto.model import parse_signal
 from shimproto.rpc import Client
 from shimproto.wire import MAX_MESSAGE
-from tests.harness import wait_for
+from tests.harness import REPO, wait_for
 
 ALLOWED = {"invalid_argument", "not_found", "invalid_state", "already_exists"}
 REPLY_TIMEOUT_MS = 20_000  # longer than the manager's own 10 s call timeout to a shim, so we see what it answers
@@ -59,39 +59,49 @@ FUZZ = settings(max_examples=int(os.environ.get("SHIMD_FUZZ_EXAMPLES", "300")), 
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.large_base_example])
 
-# --- what each server accepts (key -> type, as shimproto.wire.Params reads it) -----------------------------------
+# --- what each server accepts (name -> type as shimproto.wire.Params reads it, or a schema for a map) -------------
+# test_the_fuzz_schemas_are_exactly_what_the_handlers_read checks these against the running handlers.
 
-SHIM_SCHEMA: dict[str, dict[str, str]] = {
-    "create": {"lower": "str", "upper": "str", "work": "str", "log_path": "str", "args": "strlist",
-               "env": "strlist", "cwd": "str", "hostname": "str", "cgroups_path": "str", "memory_limit": "int",
-               "pids_limit": "int", "terminal": "bool", "stdin": "bool", "log_max_size": "int",
-               "log_max_files": "int"},
-    "start": {}, "state": {}, "pids": {}, "pause": {}, "resume": {}, "stats": {}, "reopen_log": {}, "ping": {},
-    "kill": {"signal": "signal", "all": "bool", "exec_id": "str"},
-    "exec": {"exec_id": "str", "args": "strlist", "env": "strlist", "cwd": "str", "terminal": "bool",
-             "stdin": "bool", "attach": "bool"},
-    "write_stdin": {"exec_id": "str", "data": "bytes"},
-    "close_stdin": {"exec_id": "str"},
-    "resize": {"rows": "int", "cols": "int", "exec_id": "str"},
-    "update": {"memory_limit": "int", "pids_limit": "int"},
-    "wait": {"exec_id": "str", "timeout": "float"},
-    "logs": {"exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "max_bytes": "int"},
-    "events": {"since": "int", "timeout": "float"},
-    "delete": {"exec_id": "str"},
-    "shutdown": {"force": "bool"},
+SPEC_SCHEMA: dict[str, str] = {  # shimproto.spec.ContainerSpec, the `spec` map of both creates
+    "args": "strlist", "id": "str", "image": "str", "rootfs": "str", "env": "strlist", "cwd": "str",
+    "hostname": "str", "tty": "bool", "stdin": "bool", "memory_limit": "int", "pids_limit": "int",
+    "log_max_size": "int", "log_max_files": "int", "auto_remove": "bool",
 }
 
-MANAGER_SCHEMA: dict[str, dict[str, str]] = {
-    "create": {"id": "str", "image": "str", "rootfs": "str", "args": "strlist", "env": "strlist", "cwd": "str",
-               "auto_remove": "bool", "start": "bool", "memory_limit": "int", "pids_limit": "int", "tty": "bool",
-               "stdin": "bool", "log_max_size": "int", "log_max_files": "int"},
+KEYED = {"key": "str"}  # a mutating call's request key (every manager call reads it; a shim's mutating ones)
+
+SHIM_SCHEMA: dict[str, dict] = {
+    "create": {"spec": SPEC_SCHEMA, "lower": "str", "upper": "str", "work": "str", "log_path": "str",
+               "cgroups_path": "str", "files_dir": "str", **KEYED},
+    "state": {}, "pids": {}, "stats": {}, "reopen_log": {}, "ping": {},
+    "start": KEYED, "pause": KEYED, "resume": KEYED,
+    "restart": {"start": "bool", **KEYED},
+    "kill": {"signal": "signal", "all": "bool", "exec_id": "str", **KEYED},
+    "exec": {"exec_id": "str", "args": "strlist", "env": "strlist", "cwd": "str", "terminal": "bool",
+             "stdin": "bool", "attach": "bool", "user": "str", **KEYED},
+    "write_stdin": {"exec_id": "str", "data": "bytes", **KEYED},
+    "close_stdin": {"exec_id": "str", **KEYED},
+    "resize": {"rows": "int", "cols": "int", "exec_id": "str", **KEYED},
+    "update": {"memory_limit": "int", "pids_limit": "int", **KEYED},
+    "wait": {"exec_id": "str", "timeout": "float"},
+    "logs": {"exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "max_bytes": "int",
+             "tail": "int", "since": "int", "until": "int", "timestamps": "bool"},
+    "events": {"since": "int", "timeout": "float"},
+    "delete": {"exec_id": "str", "since": "int", **KEYED},
+    "shutdown": {"force": "bool", **KEYED},
+}
+
+MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in {
+    "create": {"spec": SPEC_SCHEMA, "start": "bool"},
     "start": {"id": "str"}, "inspect": {"id": "str"}, "list": {"all": "bool"}, "ping": {},
+    "version": {}, "info": {},
     "kill": {"id": "str", "signal": "signal", "all": "bool", "exec_id": "str"},
     "wait": {"id": "str", "exec_id": "str", "timeout": "float"},
-    "logs": {"id": "str", "exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float"},
+    "logs": {"id": "str", "exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "tail": "int",
+             "since": "int", "until": "int", "timestamps": "bool"},
     "delete": {"id": "str", "force": "bool", "exec_id": "str"},
     "exec": {"id": "str", "args": "strlist", "exec_id": "str", "env": "strlist", "cwd": "str", "tty": "bool",
-             "stdin": "bool", "detach": "bool"},
+             "stdin": "bool", "detach": "bool", "user": "str"},
     "pause": {"id": "str"}, "unpause": {"id": "str"}, "stats": {"id": "str"}, "top": {"id": "str"},
     "reopen_log": {"id": "str"},
     "update": {"id": "str", "memory_limit": "int", "pids_limit": "int"},
@@ -100,7 +110,8 @@ MANAGER_SCHEMA: dict[str, dict[str, str]] = {
     "resize": {"id": "str", "exec_id": "str", "rows": "int", "cols": "int"},
     "events": {"id": "str", "since": "int", "timeout": "float"},
     "stop": {"id": "str", "timeout": "float"},
-}
+    "restart": {"id": "str", "timeout": "float"},
+}.items()}
 
 LONG_POLLS = {"wait", "logs", "events"}  # their timeout is kept short (stop's is a grace period: defused instead)
 
@@ -112,9 +123,9 @@ def shim_methods() -> set[str]:
 
 
 def manager_methods() -> set[str]:
-    import manager.commands as mc
+    from manager.commands import handlers
 
-    return {m.NAME for m in mc.MODULES} | set(mc.proxy.ROUTES)
+    return set(handlers(None))  # type: ignore[arg-type]
 
 
 # --- values ---------------------------------------------------------------------------------------------------------
@@ -149,8 +160,11 @@ TYPED = {
 ABSENT = object()
 
 
-def typed_ok(value: object, kind: str) -> bool:
-    """Would shimproto.wire.Params accept value for a parameter of this kind (None counts as absent)?"""
+def typed_ok(value: object, kind: str | dict) -> bool:
+    """Would shimproto.wire.Params accept value for a parameter of this kind (None counts as absent)? A kind that
+    is a schema is a map whose own params must pass."""
+    if isinstance(kind, dict):
+        return value is None or (isinstance(value, dict) and accepted(value, kind))
     if kind == "signal":
         try:
             parse_signal(value)
@@ -178,7 +192,7 @@ def typed_ok(value: object, kind: str) -> bool:
     return True
 
 
-def accepted(params: dict, schema: dict[str, str], defaults: dict | None = None) -> bool:
+def accepted(params: dict, schema: dict, defaults: dict | None = None) -> bool:
     """True when every parameter the handler reads would pass its type check (absent: the default)."""
     for key, kind in schema.items():
         if key in params:
@@ -190,8 +204,8 @@ def accepted(params: dict, schema: dict[str, str], defaults: dict | None = None)
 
 
 def long_poll_safe(params: dict) -> None:
-    """A long poll must answer quickly. NaN is not sent either: it breaks the server's timer heap (see
-    test_a_nan_timeout_does_not_hold_up_other_clients) and would wedge the rest of the run."""
+    """A long poll must answer quickly. NaN is left to test_a_nan_timeout_does_not_hold_up_other_clients: a
+    regression there would wedge the server's timer heap, and with it the rest of this run."""
     t = params.get("timeout")
     if t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and
                      (math.isnan(t) or t > LONG_POLL_MAX)):
@@ -211,12 +225,14 @@ def defuse(target: str, method: str, params: dict, real_id: str) -> object:
         params["all"] = "defused"
     elif method == "exec" and on_real and ok:
         params["args"] = 0
-    elif method == "create" and target == "manager" and ok:
-        params["args"] = 0
+    elif method == "create" and target == "manager" and ok and isinstance(params.get("spec"), dict):
+        params["spec"] = {**params["spec"], "args": 0}
     elif method == "update" and on_real and ok:
         params["memory_limit"] = "defused"
-    elif method == "stop" and on_real and ok:
+    elif method in ("stop", "restart") and target == "manager" and on_real and ok:
         params["timeout"] = "defused"
+    elif method == "restart" and target == "shim" and ok:
+        params["start"] = "defused"
     elif method == "delete" and on_real:
         exec_id = params.get("exec_id")
         if isinstance(exec_id, str) and exec_id:
@@ -245,21 +261,29 @@ class Target:
     methods: list[str]
 
 
-@st.composite
-def method_requests(draw, t: Target) -> dict:
-    """{"id", "method": a real method, "params": a random mix of right and wrong types}."""
-    method = draw(st.sampled_from(t.methods))
-    schema = (SHIM_SCHEMA if t.name == "shim" else MANAGER_SCHEMA)[method]
+def draw_params(draw, schema: dict, real_id: str) -> dict:  # type: ignore[no-untyped-def]
+    """A params map for schema: each name absent, well typed or anything; a map-typed one drawn the same way."""
     params: dict = {}
     for key, kind in schema.items():
         choice = draw(st.sampled_from(["absent", "typed", "typed", "random"]))
         if choice == "absent":
             continue
-        if key == "id" and draw(st.integers(0, 2)) > 0:
-            params[key] = t.real_id  # mostly aim at the real container, or it is only ever not_found
+        if key == "id" and schema is not SPEC_SCHEMA and draw(st.integers(0, 2)) > 0:
+            params[key] = real_id  # mostly aim at the real container, or it is only ever not_found
+        elif choice == "typed":
+            params[key] = draw_params(draw, kind, real_id) if isinstance(kind, dict) else draw(TYPED[kind])
         else:
-            params[key] = draw(TYPED[kind] if choice == "typed" else values)
+            params[key] = draw(values)
     params.update(draw(st.dictionaries(st.text(max_size=8), values, max_size=2)))
+    return params
+
+
+@st.composite
+def method_requests(draw, t: Target) -> dict:
+    """{"id", "method": a real method, "params": a random mix of right and wrong types}."""
+    method = draw(st.sampled_from(t.methods))
+    schema = (SHIM_SCHEMA if t.name == "shim" else MANAGER_SCHEMA)[method]
+    params = draw_params(draw, schema, t.real_id)
     msg: dict = {"id": draw(st.one_of(st.integers(0, 2**31), values)), "method": method}
     if draw(st.integers(0, 9)) == 0:
         msg["params"] = draw(values)  # not a map, or a map of anything
@@ -491,7 +515,7 @@ def seeds(t: Target) -> list[list[bytes]]:
         [pk({"id": 1, "method": "kill", "params": {"id": t.real_id, "signal": "²"}})],  # isdigit() but not int()
         [_frame_of_size({"id": 2, "method": "", "params": {}}, (None,), MAX_MESSAGE, "str")],  # echoed method
     ]
-    if t.name == "manager":  # forwarded to the shim, whose not_found reply echoes the 8 MiB exec id
+    if t.name == "manager":  # forwarded to the shim, whose not_found reply once echoed the 8 MiB exec id
         out.append([_frame_of_size({"id": 3, "method": "wait", "params": {"id": t.real_id, "timeout": SHORT_POLL,
                                                                            "exec_id": ""}},
                                    ("params", "exec_id"), MAX_MESSAGE, "str")])
@@ -702,10 +726,11 @@ def test_oversized_frame_drops_only_that_connection(env, target):
 def test_a_nan_timeout_does_not_hold_up_other_clients(env, target):
     """A long poll whose timeout is NaN must be refused (or answered at once) and must not disturb anyone else.
 
-    Found by the fuzzing: Params.float accepts NaN and `min(max(t, 0.0), 60.0)` keeps it, so asyncio schedules a
-    timer at loop.time() + NaN. NaN compares false with everything, which breaks the ordering of the event loop's
-    timer heap: a timer that lands below it waits until the timers above it are due. Here other clients' 0.3 s
-    waits are answered only when unrelated 3 s long polls end (and a NaN wait itself whenever its turn comes)."""
+    Found by the fuzzing, when Params.float still took NaN and `min(max(t, 0.0), 60.0)` kept it: asyncio then
+    scheduled a timer at loop.time() + NaN. NaN compares false with everything, which breaks the ordering of the
+    event loop's timer heap: a timer that lands below it waits until the timers above it are due. Other clients'
+    0.3 s waits were answered only when unrelated 3 s long polls ended (and a NaN wait whenever its turn came).
+    Params.float now refuses non-finite numbers; this test is what keeps it so."""
     id, _ = _run_container(env)
     path = env.sock if target == "manager" else os.path.join(env.state, "shims", id, "shim.sock")
     a, b = Conn(path), Conn(path)
@@ -758,9 +783,10 @@ def test_a_nan_timeout_does_not_hold_up_other_clients(env, target):
 
 
 def _recover_from_nan(env, id: str) -> None:
-    """NaN timers can leave a server's timer heap broken for good (its timers, exit handling included, wait behind
-    the NaN ones). Leave the teardown something that can remove the container: a fresh manager, and no shim rather
-    than a wedged one (the manager then cleans up after it as after any dead shim)."""
+    """Should NaN timers get through again, they leave a server's timer heap broken for good (its timers, exit
+    handling included, wait behind the NaN ones). So the teardown is left something that can remove the container
+    either way: a fresh manager, and no shim rather than a wedged one (the manager then cleans up after it as after
+    any dead shim)."""
     if not _shim_answers(env, id):
         pid = int(open(os.path.join(env.state, "shims", id, "shim.pid")).read())
         os.kill(pid, signal.SIGKILL)
@@ -768,3 +794,92 @@ def _recover_from_nan(env, id: str) -> None:
                  "the wedged shim to die")
     env.kill_manager(signal.SIGTERM)
     env.start_manager()
+
+
+# --- the schemas are the handlers' ----------------------------------------------------------------------------------
+
+PROBE_DIR = os.path.join(REPO, "tests", "params_probe")
+
+
+def schema_names(schema: dict) -> set[str]:
+    """The parameter names a method's schema gives, a map's own as "map.name"."""
+    out = set()
+    for key, kind in schema.items():
+        out.add(key)
+        if isinstance(kind, dict):
+            out |= {f"{key}.{name}" for name in schema_names(kind)}
+    return out
+
+
+def probed_reads(path: str) -> dict[tuple[str, str], set[str]]:
+    """(server, method) -> the names its handler read, from tests/params_probe's file."""
+    out: dict[tuple[str, str], set[str]] = {}
+    with open(path) as f:
+        for line in f:
+            server, label, name = line.rstrip("\n").split("\t")
+            method, _, inner = label.partition(": ")
+            out.setdefault((server, method), set()).add(f"{inner}.{name}" if inner else name)
+    return out
+
+
+def _call_each(call, calls: list[tuple[str, dict]]) -> None:
+    for method, params in calls:
+        try:
+            call(method, params)
+        except ShimdError:
+            pass  # refused after reading: the reads are what is measured here
+
+
+@pytest.mark.timeout(120)
+def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
+    """The methods the schemas cover are the ones the handler tables register, and each schema names exactly the
+    parameters its real handler reads: every method of both servers is called, in running processes, with the
+    params it needs to get past its first check, while tests/params_probe records each name a handler looks up
+    (found or absent: a handler that looks for a name knows it)."""
+    env = bare_env
+    probe = os.path.join(env.base, "params-read.tsv")
+    env.start_manager(env={"PYTHONPATH": os.pathsep.join([PROBE_DIR, REPO]), "SHIMD_PARAMS_PROBE": probe})
+    a, b, c = env.name("a"), env.name("b"), env.name("c")
+    for id in (a, b):
+        env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
+    client = Client(env.sock, timeout=30)
+    try:
+        _call_each(client.call, [
+            ("ping", {}), ("version", {}), ("info", {}), ("list", {}), ("inspect", {"id": a}),
+            ("create", {"spec": {"args": ["sleep", "100000"], "image": "busybox", "id": c}}), ("start", {"id": c}),
+            ("exec", {"id": a, "args": ["true"], "exec_id": "probe"}),
+            ("wait", {"id": a, "exec_id": "probe", "timeout": 5}),
+            ("logs", {"id": a, "exec_id": "probe", "timeout": 0}),
+            ("events", {"id": a, "timeout": 0}), ("kill", {"id": a, "signal": "CONT"}), ("pause", {"id": a}),
+            ("unpause", {"id": a}), ("stats", {"id": a}), ("top", {"id": a}), ("reopen_log", {"id": a}),
+            ("update", {"id": a, "pids_limit": 1000}), ("write_stdin", {"id": a, "data": b""}),
+            ("close_stdin", {"id": a}), ("resize", {"id": a, "rows": 24, "cols": 80}),
+            ("delete", {"id": a, "exec_id": "probe"}), ("restart", {"id": c, "timeout": 0}),
+            ("stop", {"id": c, "timeout": 0}), ("delete", {"id": c, "force": True}),
+        ])
+    finally:
+        client.close()
+    conn = Conn(os.path.join(env.state, "shims", b, "shim.sock"))  # straight to a shim: methods the manager
+    try:                                                             # never calls, and names it never sends
+        _call_each(lambda method, params: conn.exchange([msgpack.packb({"id": 1, "method": method,
+                                                                         "params": params})]),
+                   [(m, {"timeout": 0} if m in LONG_POLLS else {"signal": "CONT"} if m == "kill" else {})
+                    for m in ["ping", "state", "pids", "stats", "events", "logs", "wait", "reopen_log", "write_stdin",
+                              "close_stdin", "resize", "update", "pause", "resume", "exec", "kill", "start",
+                              "create", "restart", "delete", "shutdown"]])
+    finally:
+        conn.close()
+
+    reads = probed_reads(probe)
+    problems = []
+    for server, schema, methods in (("manager", MANAGER_SCHEMA, manager_methods()),
+                                    ("shimd", SHIM_SCHEMA, shim_methods())):
+        if set(schema) != methods:
+            problems.append(f"{server}: schemas for {sorted(set(schema) - methods)} that the handlers do not "
+                            f"register; handlers {sorted(methods - set(schema))} without a schema")
+        for method in sorted(methods & set(schema)):
+            named, read = schema_names(schema[method]), reads.get((server, method), set())
+            if named != read:
+                problems.append(f"{server} {method}: schema names {sorted(named - read)} the handler never reads; "
+                                f"handler reads {sorted(read - named)} the schema lacks")
+    assert not problems, "\n".join(problems)
