@@ -179,7 +179,7 @@ def _kill(p: psutil.Process) -> None:
 
 def our_processes(base: str) -> list[psutil.Process]:
     """Live processes that belong to a test base dir: shims, managers, runc, and container processes (whose
-    cgroup or parent chain leads to one of our shims)."""
+    parent chain leads to one of our shims; cgroup membership is not looked at)."""
     out = []
     me = os.getpid()
     for p in psutil.process_iter(["pid", "cmdline", "status"]):

@@ -1,0 +1,249 @@
+"""The chaos workload's operations. They run in threads while the manager is killed under them, so an answer may
+be lost: what the harness then believes is "maybe" (created, removed), and the invariants accept either outcome."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from random import Random
+
+import psutil
+
+from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
+from shimproto.rpc import Client
+from tests.harness import PY, REPO, Env
+
+COUNTER = "i=0; while true; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done"
+TRAPPER = "trap 'exit 11' USR1; trap 'exit 12' USR2; while true; do sleep 0.05; done"
+FILLER = "yes filling-the-log-filesystem | head -c 60000000"
+
+
+@dataclass
+class Box:
+    """What the harness knows of one container."""
+
+    id: str
+    kind: str  # counter, exiter, trapper, filler
+    code: int | None = None  # the exiter's own code
+    created: str = "maybe"  # yes, maybe (the create's answer was lost), failed, gone (a maybe that was undone)
+    removed: str = "no"  # no, maybe, yes
+    pid: int = 0
+    allowed: set[int] = field(default_factory=set)
+    shim_killed: bool = False
+    answer_lost: bool = False  # the create's answer never came: it may have stopped short of its start
+    refusal: str = ""  # why the create failed, when it did
+
+
+@dataclass
+class Stats:
+    seed: int = 0
+    rounds: int = 0
+    manager_kills: int = 0
+    slave_restarts: int = 0
+    shim_kills: int = 0
+    fault_points: dict[str, int] = field(default_factory=dict)
+    containers: int = 0
+    creates_failed: int = 0
+    exits_checked: int = 0
+    execs_checked: int = 0
+    attaches: int = 0
+    attach_lines_checked: int = 0
+    log_lines_checked: int = 0
+    log_bytes_dropped: int = 0
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def create_params(id: str, args: list[str]) -> dict:
+    """The manager's create request for a busybox container started at once."""
+    return {"spec": {"id": id, "image": "busybox", "args": args}, "start": True}
+
+
+class Ops:
+    """Mixed into Chaos: the operations, each safe to run in a thread."""
+
+    env: Env
+    rng: Random
+    lock: threading.Lock
+    boxes: dict[str, Box]
+    protected: set[str]
+    execs: list[tuple[Box, str, int]]
+    n: int
+    stats: Stats
+
+    def client(self) -> Client:
+        return Client(self.env.sock, timeout=60)
+
+    def violation(self, what: str) -> None:
+        raise NotImplementedError
+
+    def _call(self, method: str, params: dict) -> None:
+        try:
+            c = self.client()
+            try:
+                c.call(method, params, timeout=60)
+            finally:
+                c.close()
+        except ShimdError:
+            pass
+
+    def _new_box(self, kind: str, code: int | None) -> Box:
+        with self.lock:
+            self.n += 1
+            box = Box(f"{self.env.tag}-{self.n}", kind, code, allowed={code} if code is not None else set())
+            self.boxes[box.id] = box
+            self.stats.containers += 1
+        return box
+
+    def _create(self, box: Box, args: list[str]) -> Box:
+        c = self.client()
+        try:
+            info = c.call("create", create_params(box.id, args), timeout=60)
+            box.created, box.pid = "yes", info["pid"]
+        except (Unavailable, DeadlineExceeded):
+            box.created, box.answer_lost = "maybe", True
+        except ShimdError as e:
+            box.created = "failed"  # refused cleanly (an injected runtime failure): must leave nothing
+            box.refusal = f"{type(e).__name__}: {e}"
+            self.stats.creates_failed += 1
+        finally:
+            c.close()
+        return box
+
+    def op_run(self, kind: str = "") -> Box:
+        with self.lock:
+            kind = kind or self.rng.choice(["counter", "exiter", "exiter", "trapper"])
+            code = self.rng.randrange(0, 120) if kind == "exiter" else None
+            delay = round(self.rng.uniform(0.05, 4.0), 2)
+        box = self._new_box(kind, code)
+        args = {"counter": ["sh", "-c", COUNTER], "trapper": ["sh", "-c", TRAPPER],
+                "exiter": ["sh", "-c", f"echo start; sleep {delay}; exit {code}"]}[kind]
+        return self._create(box, args)
+
+    def op_fill_disk(self) -> Box:
+        """A container that writes until the log's filesystem is full, then exits 0."""
+        return self._create(self._new_box("filler", 0), ["sh", "-c", FILLER])
+
+    def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper")) -> Box | None:
+        with self.lock:
+            live = [b for b in self.boxes.values() if b.created == "yes" and b.removed == "no" and b.kind in kinds
+                    and b.id not in self.protected]
+            return self.rng.choice(live) if live else None
+
+    def op_free_disk(self) -> None:
+        with self.lock:
+            fillers = [b for b in self.boxes.values() if b.kind == "filler" and b.created == "yes"
+                       and b.removed == "no"]
+        for b in fillers:
+            b.allowed.add(137)
+            b.removed = "maybe"
+            self._call("delete", {"id": b.id, "force": True})
+
+    def op_signal(self) -> None:
+        box = self._pick(("trapper", "counter", "exiter"))
+        if box is None:
+            return
+        sig = self.rng.choice(["USR1", "USR2", "KILL"]) if box.kind == "trapper" else "KILL"
+        box.allowed.add({"USR1": 11, "USR2": 12, "KILL": 137}[sig])
+        self._call("kill", {"id": box.id, "signal": sig})
+
+    def op_stop(self, box: Box | None = None) -> None:
+        box = box or self._pick()
+        if box is not None:
+            box.allowed.add(137)
+            self._call("stop", {"id": box.id, "timeout": 0.3})
+
+    def op_rm(self, box: Box | None = None) -> None:
+        box = box or self._pick()
+        if box is None:
+            return
+        box.allowed.add(137)
+        box.removed = "maybe"
+        try:
+            c = self.client()
+            try:
+                c.call("delete", {"id": box.id, "force": True}, timeout=60)
+                box.removed = "yes"
+            finally:
+                c.close()
+        except NotFound:
+            box.removed = "yes"
+        except ShimdError:
+            pass
+
+    def op_exec(self, box: Box | None = None) -> None:
+        """Start a detached exec with a chosen code; the next check waits for it and checks its code."""
+        box = box or self._pick(("counter", "trapper"))
+        if box is None:
+            return
+        with self.lock:
+            code = self.rng.randrange(0, 100)
+            exec_id = f"x{self.rng.randrange(1 << 30)}"
+        try:
+            c = self.client()
+            try:
+                c.call("exec", {"id": box.id, "exec_id": exec_id, "args": ["sh", "-c", f"sleep 0.2; exit {code}"],
+                                "detach": True}, timeout=60)
+                with self.lock:
+                    self.execs.append((box, exec_id, code))
+            finally:
+                c.close()
+        except ShimdError:
+            pass  # the manager died, the container stopped or the runtime was told to fail: not a violation
+
+    def op_attach(self) -> None:
+        """`shimctl attach` to a counter for a moment (across a manager kill, when one comes): what it prints must
+        be the counter's lines, consecutive, none twice, none skipped."""
+        box = self._pick(("counter",))
+        if box is None:
+            return
+        with self.lock:
+            seconds = self.rng.uniform(0.3, 2.5)
+        p = subprocess.Popen([PY, "-m", "shimctl", "--address", self.env.sock, "attach", "--no-stdin", box.id],
+                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            out, _ = p.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        lines = out.decode(errors="replace").split("\n")[:-1]  # the last piece may be cut short by the kill
+        numbers = []
+        for line in lines:
+            if not line.startswith("n ") or not line[2:].isdigit():
+                self.violation(f"{box.id}: attach printed {line!r}")
+                return
+            numbers.append(int(line[2:]))
+        if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            self.violation(f"{box.id}: attach lines not consecutive: {numbers[:3]}...{numbers[-3:]}")
+        with self.lock:
+            self.stats.attaches += 1
+            self.stats.attach_lines_checked += len(numbers)
+
+    def kill_a_shim(self) -> None:
+        box = self._pick()
+        if box is None:
+            return
+        pid = read_pid(os.path.join(self.env.state, "shims", box.id, "shim.pid"))
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            box.shim_killed = True
+            box.allowed.add(255)
+            self.stats.shim_kills += 1
+
+
+def read_pid(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
