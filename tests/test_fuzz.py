@@ -42,9 +42,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shimproto.client import Client
 from shimproto.errors import InvalidArgument, ShimdError
 from shimproto.model import parse_signal
-from shimproto.rpc import Client
 from shimproto.wire import MAX_MESSAGE
 from tests.harness import REPO, wait_for
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from shimproto.client import Client
 from shimproto.errors import ShimdError
-from shimproto.rpc import Client
 from tests.chaos.ops import alive
 from tests.harness import leftovers, our_processes, zombies_of
 

@@ -12,8 +12,8 @@ from random import Random
 
 import psutil
 
+from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
-from shimproto.rpc import Client
 from tests.harness import PY, REPO, Env
 
 COUNTER = "i=0; while true; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done"
