@@ -25,7 +25,7 @@ import pytest
 
 from tests.harness import REPO, wait_for
 from tests.machine import DROPIN_DIR, UNIT, BootFailed, Machine, own_cgroup_dirs
-from tests.systemd_image import CACHE, NoMirror, apt_mirror, image_tarball, install_project, untar
+from tests.systemd_image import CACHE, NoMirror, apt_mirror, apt_sources, image_tarball, install_project, untar
 
 pytestmark = pytest.mark.timeout(900)  # the first run builds the image (debootstrap ~50 s, more on a slow mirror)
 
@@ -100,6 +100,11 @@ def test_the_debian_mirror_comes_only_from_the_apt_sources(tmp_path):
     with pytest.raises(NoMirror) as e:
         apt_mirror([str(other), str(tmp_path / "missing.list")])
     assert "\n" not in str(e.value) and "no Debian mirror for 'bookworm main'" in str(e.value)
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    for name in ("b.sources", "a.list", "c.list.disabled", "d.sources.save"):
+        (d / name).write_text("")
+    assert apt_sources(str(one_line)) == [str(one_line), str(d / "a.list"), str(d / "b.sources")]
 
 
 def test_start_returns_after_ready_with_our_status_and_containers_run(sd):
