@@ -822,6 +822,20 @@ def probed_reads(path: str) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+def schema_drift(server: str, schemas: dict, methods: set[str], reads: dict[tuple[str, str], set[str]]) -> list[str]:
+    """Where a server's schemas and its handlers disagree: methods, and the names each method's handler read."""
+    problems = []
+    if set(schemas) != methods:
+        problems.append(f"{server}: schemas for {sorted(set(schemas) - methods)} that the handlers do not "
+                        f"register; handlers {sorted(methods - set(schemas))} without a schema")
+    for method in sorted(methods & set(schemas)):
+        named, read = schema_names(schemas[method]), reads.get((server, method), set())
+        if named != read:
+            problems.append(f"{server} {method}: schema names {sorted(named - read)} the handler never reads; "
+                            f"handler reads {sorted(read - named)} the schema lacks")
+    return problems
+
+
 def _call_each(call, calls: list[tuple[str, dict]]) -> None:
     for method, params in calls:
         try:
@@ -871,15 +885,17 @@ def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
         conn.close()
 
     reads = probed_reads(probe)
-    problems = []
-    for server, schema, methods in (("manager", MANAGER_SCHEMA, manager_methods()),
-                                    ("shimd", SHIM_SCHEMA, shim_methods())):
-        if set(schema) != methods:
-            problems.append(f"{server}: schemas for {sorted(set(schema) - methods)} that the handlers do not "
-                            f"register; handlers {sorted(methods - set(schema))} without a schema")
-        for method in sorted(methods & set(schema)):
-            named, read = schema_names(schema[method]), reads.get((server, method), set())
-            if named != read:
-                problems.append(f"{server} {method}: schema names {sorted(named - read)} the handler never reads; "
-                                f"handler reads {sorted(read - named)} the schema lacks")
+    problems = (schema_drift("manager", MANAGER_SCHEMA, manager_methods(), reads)
+                + schema_drift("shimd", SHIM_SCHEMA, shim_methods(), reads))
     assert not problems, "\n".join(problems)
+
+
+def test_schema_drift_names_each_kind_of_difference():
+    schema = {"a": {"x": "int", "m": {"y": "str"}}, "b": {}, "gone": {}}
+    reads = {("s", "a"): {"x", "m", "m.y"}, ("s", "b"): set(), ("s", "new"): set()}
+    assert schema_drift("s", schema, {"a", "b", "gone"}, reads) == []
+    reads[("s", "a")] = {"x", "m", "m.z", "w"}
+    assert schema_drift("s", schema, {"a", "b", "new"}, reads) == [
+        "s: schemas for ['gone'] that the handlers do not register; handlers ['new'] without a schema",
+        "s a: schema names ['m.y'] the handler never reads; handler reads ['m.z', 'w'] the schema lacks",
+    ]
