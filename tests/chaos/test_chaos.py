@@ -13,8 +13,10 @@ import time
 import pytest
 
 from manager.faults import POINTS
+from tests.chaos import invariants
 from tests.chaos.harness import Chaos
-from tests.harness import wait_for
+from tests.chaos.ops import Box
+from tests.harness import Env, wait_for
 
 KILLS = int(os.environ.get("CHAOS_KILLS", "50"))
 BUDGET = float(os.environ.get("CHAOS_SECONDS", "280"))
@@ -114,3 +116,32 @@ def write_report(path: str, chaos: Chaos) -> None:
         f.write("\nFault points hit: " + ", ".join(f"`{k}` x{v}" for k, v in sorted(s.fault_points.items())) + "\n")
         if s.violations:
             f.write("\n## Violations\n\n" + "\n".join(f"- {v}" for v in s.violations) + "\n")
+
+
+def _view(listing: dict | None = None) -> invariants.View:
+    return invariants.View(listing or {}, {}, set(), set(), set(), {}, [], [])
+
+
+def test_a_finding_is_recorded_at_once_and_no_later_view_takes_it_back(tmp_path):
+    """What check() relies on, shown on made-up views: the first view that shows a failed create's container, or
+    a created container gone without a remove, records it; learning from a later view never turns such a box into
+    a good one; what may be a lag is only set aside for the settling loop."""
+    chaos = Chaos(Env(str(tmp_path)), seed=1)
+    failed = Box("f", "counter", created="failed", refusal="RuntimeFailed: x")
+    vanished = Box("v", "counter", created="yes")
+    chaos.boxes = {b.id: b for b in (failed, vanished)}
+    listed = {"id": "f", "status": "running", "pid": os.getpid()}
+    view = _view({"f": listed})
+    for check in invariants.INVARIANTS:
+        check(chaos, view)
+    assert [v.split(": ", 1)[1] for v in chaos.stats.violations] == [
+        "f: a create that failed (RuntimeFailed: x) left the container behind",
+        "v: created and never removed, but no longer listed",
+    ]
+    assert "f: running without a shim process" in view.unsettled  # a lag, perhaps: not yet a finding
+    invariants.learn(chaos, view)
+    invariants.learn(chaos, _view())  # f is gone from a later view: still a failed create, found once
+    assert (failed.created, vanished.removed) == ("failed", "yes")
+    for check in invariants.INVARIANTS:
+        check(chaos, _view({"f": listed}))
+    assert len(chaos.stats.violations) == 2  # seen again, counted once
