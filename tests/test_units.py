@@ -199,14 +199,143 @@ def test_the_shim_has_no_import_circle():
     assert [m for m in graph if reaches(m, m, set())] == []
 
 
-def test_nothing_in_the_shim_waits_on_children_outside_the_reaper():
-    forbidden = ("os.waitpid", "os.wait4", "os.wait(", "os.waitid", "Popen", "create_subprocess", "os.system",
-                 "subprocess", "os.fork", "posix_spawn", "ctypes", "prctl")
-    for dirpath, _, files in os.walk(os.path.join(REPO, "shimd")):
-        for f in files:
-            path = os.path.join(dirpath, f)
-            if not f.endswith(".py") or path.endswith(os.path.join("shimd", "sys.py")):
-                continue
-            text = open(path).read()
-            for word in forbidden:
-                assert word not in text, f"{os.path.relpath(path, REPO)} uses {word}"
+# --- the single waiter: only the shim's reaper waits on processes (STYLE rule 1). In a subreaper any other wait
+# (Popen.wait/poll, subprocess.run, asyncio's child watcher, os.system, psutil's wait, which waitpid()s a child)
+# races with the reaper's wait4(-1) and one of them gets a wrong exit code. runtime/ never starts or waits on a
+# process itself: it goes through the Monitor protocol, whose implementation is the reaper.
+WAITS = {"os.wait", "os.waitpid", "os.wait3", "os.wait4", "os.waitid", "os.system", "os.popen",
+         "asyncio.create_subprocess_exec", "asyncio.create_subprocess_shell", "psutil.wait_procs"}
+WAITING_MODULES = ("subprocess", "multiprocessing", "pty", "pexpect", "sh")  # all of them wait on what they spawn
+WAITING_METHODS = {"subprocess_exec", "subprocess_shell", "wait_procs"}  # loop.subprocess_exec, psutil.wait_procs
+SPAWNS = {"os.fork", "os.forkpty", "os.posix_spawn", "os.posix_spawnp", "os.spawnv", "os.spawnve", "os.spawnvp",
+          "os.spawnvpe", "os.spawnl", "os.spawnle", "os.spawnlp", "os.spawnlpe", "os.execv", "os.execve",
+          "os.execvp", "os.execvpe", "os.execl", "os.execle", "os.execlp", "os.execlpe"}
+# the one wait of the shim: shimd.sys.reap_all's wait4(-1, WNOHANG), called only by the reaper
+THE_REAPERS_WAIT = ("shimd/sys.py", "reap_all", "os.wait4")
+
+
+def process_waits(source: str, path: str, spawning_allowed: bool = False) -> list[str]:
+    """Every place in source that waits on a process (or, unless spawning_allowed, starts one), as
+    "path:line function: what"; names are resolved through imports (`from os import waitpid as w` is os.waitpid)."""
+    tree = ast.parse(source, path)
+    alias: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                alias[a.asname or a.name] = f"{node.module}.{a.name}"
+
+    def qualified(node: ast.expr) -> str:
+        if isinstance(node, ast.Name):
+            return alias.get(node.id, node.id)
+        if isinstance(node, ast.Attribute):
+            return f"{qualified(node.value)}.{node.attr}"
+        return "?"
+
+    found: list[str] = []
+
+    def visit(node: ast.AST, func: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            where = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            what = ""
+            if isinstance(child, ast.Import):
+                what = ", ".join(a.name for a in child.names if a.name.split(".")[0] in WAITING_MODULES)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0 \
+                    and child.module.split(".")[0] in WAITING_MODULES:
+                what = child.module
+            elif isinstance(child, (ast.Name, ast.Attribute)) and isinstance(getattr(child, "ctx", None), ast.Load):
+                name = qualified(child)
+                if name in WAITS or (not spawning_allowed and name in SPAWNS) \
+                        or name.split(".")[0] in WAITING_MODULES \
+                        or (isinstance(child, ast.Attribute) and child.attr in WAITING_METHODS):
+                    what = name
+                    # a.b.c is one use: do not report a.b again
+                    found.append(f"{path}:{child.lineno} {where}: {what}")
+                    continue
+            if what:
+                found.append(f"{path}:{child.lineno} {where}: {what}")
+            visit(child, where)
+
+    visit(tree, "<module>")
+    return found
+
+
+def _py_files(*packages: str) -> list[str]:
+    out = []
+    for package in packages:
+        for dirpath, _, files in os.walk(os.path.join(REPO, package)):
+            out += [os.path.relpath(os.path.join(dirpath, f), REPO) for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+def test_nothing_in_the_shim_or_the_runtime_waits_on_processes_outside_the_reaper():
+    files = _py_files("shimd", "runtime")
+    assert "shimd/sys.py" in files and "runtime/runc.py" in files and "shimd/reaper/__init__.py" in files
+    found = []
+    for rel in files:
+        # sys.py is the home of the spawn wrapper (it returns a pid and never waits); nothing else may spawn
+        found += process_waits(open(os.path.join(REPO, rel)).read(), rel, spawning_allowed=rel == "shimd/sys.py")
+    path, func, call = THE_REAPERS_WAIT
+    exception = [f for f in found if f.startswith(f"{path}:") and f.endswith(f" {func}: {call}")]
+    assert len(exception) == 1, f"the reaper's own wait is not where this test says: {found}"
+    found.remove(exception[0])
+    # known: shimd.sys.kill_shims_of (used by the offline `shimd delete`) waits with psutil.wait_procs, which
+    # waitpid()s any of the killed shims that is its child; see test_kill_shims_of_waits_only_through_the_reaper
+    known = [f for f in found if f.startswith("shimd/sys.py:") and f.endswith(" kill_shims_of: psutil.wait_procs")]
+    assert [f for f in found if f not in known] == []
+    # and that wait is the reaper's: nothing else calls reap_all
+    callers = [rel for rel in files if rel != path and func in open(os.path.join(REPO, rel)).read()]
+    assert callers == ["shimd/reaper/__init__.py"], callers
+
+
+@pytest.mark.xfail(strict=True, reason="shimd.sys.kill_shims_of waits for the shims it killed with psutil.wait_procs "
+                   "(psutil waitpid()s a child): a second waiter beside reap_all; polling pid_exists or a pidfd "
+                   "would not reap")
+def test_kill_shims_of_waits_only_through_the_reaper():
+    rel = "shimd/sys.py"
+    found = process_waits(open(os.path.join(REPO, rel)).read(), rel, spawning_allowed=True)
+    assert [f for f in found if " kill_shims_of: " in f] == []
+
+
+@pytest.mark.parametrize("snippet,caught", [
+    ("import subprocess\ndef f():\n    p = subprocess.Popen(['x'])\n    p.wait()\n", "subprocess"),
+    ("from subprocess import Popen\ndef f():\n    Popen(['x']).wait()\n", "subprocess"),
+    ("import subprocess as sp\ndef f():\n    sp.run(['x'], check=True)\n", "f: subprocess.run"),
+    ("import os\ndef f(pid):\n    os.waitpid(pid, 0)\n", "f: os.waitpid"),
+    ("from os import waitpid as w\ndef f(pid):\n    w(pid, 0)\n", "f: os.waitpid"),
+    ("import os\ndef f():\n    os.wait4(-1, 0)\n", "f: os.wait4"),
+    ("import os\ndef f():\n    os.system('true')\n", "f: os.system"),
+    ("import asyncio\nasync def f():\n    p = await asyncio.create_subprocess_exec('x')\n    await p.wait()\n",
+     "f: asyncio.create_subprocess_exec"),
+    ("async def f(loop):\n    await loop.subprocess_exec(None, 'x')\n", "f: loop.subprocess_exec"),
+    ("import psutil\ndef f(ps):\n    psutil.wait_procs(ps)\n", "f: psutil.wait_procs"),
+    ("import os\ndef f():\n    return os.fork()\n", "f: os.fork"),
+    ("import os\ndef f(a):\n    return os.posix_spawnp(a[0], a, {})\n", "f: os.posix_spawnp"),
+])
+def test_the_waiter_check_catches_waits_and_spawns(snippet, caught):
+    found = process_waits(snippet, "snippet.py")
+    assert any(caught in f for f in found), found
+
+
+def test_the_waiter_check_passes_what_is_not_a_process_wait():
+    ok = ("import asyncio\nimport os\nasync def f(ev, runc):\n    await ev.wait()\n"
+          "    await asyncio.wait_for(ev.wait(), 1)\n    await runc.monitor.run(['runc'])\n    os.kill(1, 0)\n")
+    assert process_waits(ok, "ok.py") == []
+    # in sys.py spawning is allowed, waiting is not
+    spawn = "import os\ndef spawn(a):\n    return os.posix_spawnp(a[0], a, {})\n"
+    assert process_waits(spawn, "sys.py", spawning_allowed=True) == []
+    assert process_waits(spawn + "def w(p):\n    os.waitpid(p, 0)\n", "sys.py", spawning_allowed=True) == \
+        ["sys.py:5 w: os.waitpid"]
+
+
+def test_only_shimd_sys_touches_raw_syscalls():
+    """STYLE rule 3: ctypes, prctl and fork live in shimd/sys.py only (the spawn/wait checks are above)."""
+    bad = []
+    for rel in _py_files("shimd", "runtime"):
+        if rel == "shimd/sys.py":
+            continue
+        text = open(os.path.join(REPO, rel)).read()
+        bad += [f"{rel} uses {w}" for w in ("ctypes", "prctl") if w in text]
+    assert bad == []
