@@ -65,7 +65,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     first = r.entries.get(id)
     if key and first is not None and first.meta.request_key == key:  # a repeat: its first call got this far
         if and_start and first.status.get("status") == CREATED:
-            await start(r, first, step(key, "start"))
+            await start(r, first, key)  # start() names the step: the same key the first call sent
         return first
     if id in r.entries or id in r.reserved or os.path.exists(r.store.dir(id)):
         raise AlreadyExists(f"container name {id!r} is already in use")
