@@ -282,10 +282,12 @@ def test_fifty_clients_at_once_and_a_hung_shim_blocks_nobody(env):
     for id in (hung, other):
         env.ok("run", "-d", "--name", id, "busybox", "sleep", "100000")
     errors: list[str] = []
+    together = threading.Barrier(50, timeout=60)
 
     def client(n: int) -> None:
         c = Client(env.sock, timeout=30)
         try:
+            together.wait()  # all fifty connected and calling at once, not one after another
             for _ in range(5):
                 assert {x["id"] for x in c.call("list", {"all": True})} == {hung, other}
                 assert c.call("inspect", {"id": other})["status"] == "running"
@@ -304,6 +306,7 @@ def test_fifty_clients_at_once_and_a_hung_shim_blocks_nobody(env):
         t.start()
     for t in threads:
         t.join(120)
+    assert [t for t in threads if t.is_alive()] == [], "clients still waiting after 120 s"
     assert errors == []
 
     # a hung shim: its call is held in the manager until SHIM_TIMEOUT (10 s) runs out; meanwhile calls about the
