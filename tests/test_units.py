@@ -234,6 +234,20 @@ def process_waits(source: str, path: str, spawning_allowed: bool = False) -> lis
             return f"{qualified(node.value)}.{node.attr}"
         return "?"
 
+    def imported(node: ast.expr) -> bool:  # a local variable called `sh` or `pty` is not the module
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return isinstance(node, ast.Name) and node.id in alias
+
+    def dynamic(call: ast.Call) -> bool:  # getattr(os, "waitpid"), __import__("subprocess"), import_module(...)
+        func, args = qualified(call.func), call.args
+        text = [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        if func in ("__import__", "importlib.import_module"):
+            return any(t.split(".")[0] in WAITING_MODULES for t in text)
+        if func == "getattr" and args:
+            return any(f"{qualified(args[0])}.{t}" in WAITS | SPAWNS for t in text)
+        return False
+
     found: list[str] = []
 
     def visit(node: ast.AST, func: str) -> None:
@@ -245,10 +259,12 @@ def process_waits(source: str, path: str, spawning_allowed: bool = False) -> lis
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0 \
                     and child.module.split(".")[0] in WAITING_MODULES:
                 what = child.module
+            elif isinstance(child, ast.Call) and dynamic(child):
+                what = f"{qualified(child.func)}({', '.join(ast.unparse(a) for a in child.args)})"
             elif isinstance(child, (ast.Name, ast.Attribute)) and isinstance(getattr(child, "ctx", None), ast.Load):
                 name = qualified(child)
                 if name in WAITS or (not spawning_allowed and name in SPAWNS) \
-                        or name.split(".")[0] in WAITING_MODULES \
+                        or (name.split(".")[0] in WAITING_MODULES and imported(child)) \
                         or (isinstance(child, ast.Attribute) and child.attr in WAITING_METHODS):
                     what = name
                     # a.b.c is one use: do not report a.b again
@@ -313,6 +329,9 @@ def test_kill_shims_of_waits_only_through_the_reaper():
     ("import psutil\ndef f(ps):\n    psutil.wait_procs(ps)\n", "f: psutil.wait_procs"),
     ("import os\ndef f():\n    return os.fork()\n", "f: os.fork"),
     ("import os\ndef f(a):\n    return os.posix_spawnp(a[0], a, {})\n", "f: os.posix_spawnp"),
+    ("import os\ndef f(p):\n    getattr(os, 'waitpid')(p, 0)\n", "f: getattr(os, 'waitpid')"),
+    ("import importlib\ndef f():\n    importlib.import_module('subprocess').run(['x'])\n",
+     "f: importlib.import_module('subprocess')"),
 ])
 def test_the_waiter_check_catches_waits_and_spawns(snippet, caught):
     found = process_waits(snippet, "snippet.py")
@@ -320,8 +339,9 @@ def test_the_waiter_check_catches_waits_and_spawns(snippet, caught):
 
 
 def test_the_waiter_check_passes_what_is_not_a_process_wait():
-    ok = ("import asyncio\nimport os\nasync def f(ev, runc):\n    await ev.wait()\n"
-          "    await asyncio.wait_for(ev.wait(), 1)\n    await runc.monitor.run(['runc'])\n    os.kill(1, 0)\n")
+    ok = ("import asyncio\nimport os\nasync def f(ev, runc, sh, pty):\n    await ev.wait()\n"
+          "    await asyncio.wait_for(ev.wait(), 1)\n    await runc.monitor.run(['runc'])\n    os.kill(1, 0)\n"
+          "    sh.run()\n    pty.wait()\n    getattr(ev, 'wait')\n")
     assert process_waits(ok, "ok.py") == []
     # in sys.py spawning is allowed, waiting is not
     spawn = "import os\ndef spawn(a):\n    return os.posix_spawnp(a[0], a, {})\n"
