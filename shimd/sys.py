@@ -7,6 +7,7 @@ import ctypes.util
 import errno
 import os
 import signal
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNS = 0x00020000
@@ -126,8 +127,25 @@ def kill_shims_of(state_dir: str) -> int:
         if not found:
             break
         killed += len(found)
-        psutil.wait_procs(found, timeout=5)
+        _wait_gone([p.pid for p in found], timeout=5.0)
     return killed
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait until none of pids is a running process (a zombie counts as gone), without reaping any: the reaper
+    is the only waiter. A pidfd turns readable when its process exits."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
 
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:

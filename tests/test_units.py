@@ -297,19 +297,14 @@ def test_nothing_in_the_shim_or_the_runtime_waits_on_processes_outside_the_reape
     exception = [f for f in found if f.startswith(f"{path}:") and f.endswith(f" {func}: {call}")]
     assert len(exception) == 1, f"the reaper's own wait is not where this test says: {found}"
     found.remove(exception[0])
-    # known: shimd.sys.kill_shims_of (used by the offline `shimd delete`) waits with psutil.wait_procs, which
-    # waitpid()s any of the killed shims that is its child; see test_kill_shims_of_waits_only_through_the_reaper
-    known = [f for f in found if f.startswith("shimd/sys.py:") and f.endswith(" kill_shims_of: psutil.wait_procs")]
-    assert [f for f in found if f not in known] == []
+    assert found == []
     # and that wait is the reaper's: nothing else calls reap_all
     callers = [rel for rel in files if rel != path and func in open(os.path.join(REPO, rel)).read()]
     assert callers == ["shimd/reaper/__init__.py"], callers
 
 
-@pytest.mark.xfail(strict=True, reason="shimd.sys.kill_shims_of waits for the shims it killed with psutil.wait_procs "
-                   "(psutil waitpid()s a child): a second waiter beside reap_all; polling pid_exists or a pidfd "
-                   "would not reap")
 def test_kill_shims_of_waits_only_through_the_reaper():
+    # it used psutil.wait_procs, which waitpid()s a child: a second waiter beside reap_all; now a pidfd
     rel = "shimd/sys.py"
     found = process_waits(open(os.path.join(REPO, rel)).read(), rel, spawning_allowed=True)
     assert [f for f in found if " kill_shims_of: " in f] == []
