@@ -22,6 +22,7 @@ from runtime.opts import DeleteOpts, ExecOpts, KillOpts
 from shimproto.errors import InvalidState
 from shimproto.fsutil import write_json
 from shimproto.model import CREATED, STOPPED, ExitStatus
+from shimproto.plant import planted
 
 from .. import sys as _sys
 from ..io.log import PLAIN, LogWriter, ReadOpts
@@ -170,7 +171,8 @@ class InitProcess(Process):
 
     async def do_delete(self) -> None:
         """`runc delete`; the container tears down what is left once its init is deleted."""
-        await self._runtime_delete(force=self.state.name == CREATED)
+        if not planted("leave-runtime-state"):  # planted bug: runc's state and the cgroups outlive the container
+            await self._runtime_delete(force=self.state.name == CREATED)
         self.transition("delete")
 
     async def do_restart(self, next_run: Callable[[], Awaitable[None]]) -> None:
