@@ -1,8 +1,12 @@
 """Fixtures: every test gets its own manager with its own --root/--state, and must leave nothing behind.
 
-The per-test teardown removes the test's containers and fails the test if any process, mount, runtime state or
-cgroup of it survives. The session check at the end fails the run if anything of any test is still around:
-shims, managers, container processes (runc init included), zombies of ours, or mounts.
+The per-test teardown first records what the test left behind (tests/leaks.py: processes, zombies, mounts in
+every namespace, cgroups in every hierarchy, runtime state, beyond what the manager lists), then removes the
+test's containers, stops the manager and checks that nothing survived; either finding fails the test. The session
+check at the end fails the run if anything of any test of this session is still around: processes naming one of
+its base dirs or in the cgroup of one of its containers, zombies under them or under pytest and its subreaper,
+mounts under its base dirs in any namespace, cgroups of its containers. Only this session's base dirs and
+container ids are looked at: other sessions on the same machine are not ours to judge.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import os
 import shutil
 import subprocess
 
-import psutil
 import pytest
 
-from tests.harness import BASE_PREFIX, Env, new_env, our_processes, remove_base, zombies_of
+from tests import leaks
+from tests.harness import Env, new_env, remove_base, tag_of
 
 _bases: list[str] = []
+_ids: dict[str, set[str]] = {}  # base -> its container ids, kept after the base dir is removed
+_session_start = leaks.boot_ticks()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,6 +64,7 @@ def _managed_env(request: pytest.FixtureRequest, start: bool):
     yield e
     _dump_logs(request, e)
     problems = e.cleanup()
+    _ids[e.base] = e.ids
     if problems:
         pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
     remove_base(e.base)
@@ -87,28 +94,22 @@ def shared_root():
 
 
 def session_leftovers() -> list[str]:
-    """Everything of ours still alive or mounted: processes of any test base dir, any `runc init`, zombies of
-    this process tree, and mounts under a test base dir."""
-    procs: dict[int, str] = {}
+    """Everything of this session's tests still alive, mounted or in a cgroup: leaks.left_behind of every base
+    dir of the session with nothing listed, zombies of pytest's tree and its subreaper since the session began."""
+    problems: list[str] = []
     for base in _bases:
-        for p in our_processes(base):
-            try:
-                procs[p.pid] = " ".join(p.cmdline())
-            except psutil.Error:
-                pass
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "runc init" in cmd or ("shimd" in cmd and BASE_PREFIX in cmd):
-            procs[p.pid] = cmd
-    problems = [f"process {pid}: {cmd}" for pid, cmd in sorted(procs.items())]
-    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
-    problems += zombies_of(ours)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            if mp.startswith(BASE_PREFIX):
-                problems.append(f"mount {mp}")
-    return problems
+        ids = _ids.get(base, set()) | leaks.container_ids(base, tag_of(base))
+        listing = leaks.Listing()
+        found = leaks.left_behind(base, listing, since=_session_start, tag=tag_of(base))
+        problems += [p if p.startswith("zombie") else f"{base}: {p}" for p in found]
+        for h in leaks.hierarchies():  # ids of removed bases are no longer found on disk
+            problems += [f"cgroup left: {h}/shimd/{id}" for id in sorted(ids)
+                         if os.path.isdir(os.path.join(h, "shimd", id))]
+        table = leaks.proc_table()
+        problems += [f"container process left: {p.pid} {p.cmd} (in cgroup of {sorted(leaks.cgroup_ids(p) & ids)})"
+                     for p in table.values() if not p.zombie and leaks.cgroup_ids(p) & ids]
+    problems += leaks.tree_zombies(leaks.proc_table(), _session_start)
+    return sorted(set(problems))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

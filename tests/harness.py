@@ -1,5 +1,6 @@
-"""Test harness: a manager with its own --root/--state in a temp dir, shimctl as a subprocess, and the checks
-that prove a test left nothing behind (processes, zombies, mounts, runtime state, cgroups)."""
+"""Test harness: a manager with its own --root/--state in a temp dir, shimctl as a subprocess, and the teardown
+that proves a test left nothing behind: it looks first (tests/leaks.py says what counts as left behind), then
+removes every container and stops the manager, then looks again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
+
+from tests import leaks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -64,6 +67,8 @@ class Env(Cli):
     base: str
     proc: subprocess.Popen | None = None
     log_files: list[str] = field(default_factory=list)
+    since: int = field(default_factory=leaks.boot_ticks)  # when the test began, for zombies of pytest's tree
+    ids: set[str] = field(default_factory=set)  # every container id of the test, known after cleanup()
 
     @property
     def root(self) -> str:
@@ -125,31 +130,67 @@ class Env(Cli):
         d = os.path.join(self.root, "containers")
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
-    # --- teardown ------------------------------------------------------------------------------------------
+    # --- teardown ---------------------------------------------------------------------------------------
+
+    def manager_pid(self) -> int:
+        """The live manager serving this state dir (its pid file), or 0."""
+        try:
+            pid = int(open(os.path.join(self.state, "shimd.pid")).read().strip())
+            return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else 0
+        except (OSError, ValueError, psutil.Error):
+            return 0
+
+    def listing(self) -> leaks.Listing:
+        """What the test may leave: the manager's `list all`, or with no manager running the containers with
+        metadata on disk (what a manager starting now would list)."""
+        from shimproto.client import Client
+
+        if pid := self.manager_pid():
+            c = Client(self.sock, timeout=15)
+            try:
+                entries = c.call("list", {"all": True}, idempotent=True)
+                return leaks.Listing({x["id"]: {"status": x["status"], "shim_pid": x["shim_pid"]}
+                                      for x in entries}, pid)  # type: ignore[union-attr]
+            except Exception:
+                pass
+            finally:
+                c.close()
+        return leaks.Listing({id: {"status": "unknown", "shim_pid": 0} for id in self.container_ids_on_disk()
+                              if os.path.exists(os.path.join(self.root, "containers", id, "meta.json"))})
+
+    def left_behind(self, settle: float = 3.0) -> list[str]:
+        """What the test left that the manager does not account for, looked at before anything is cleaned."""
+        return leaks.check(self.base, self.listing(), self.since, self.tag, settle)
 
     def cleanup(self) -> list[str]:
-        """Remove every container, stop the manager, and return what was left behind (empty when clean)."""
-        problems: list[str] = []
-        if self.proc is None:
+        """Check what the test left, then remove every container, stop the manager, check that nothing survived,
+        and purge what did. Returns the findings of both checks (empty when clean)."""
+        problems = [f"left by the test: {p}" for p in self.left_behind()]
+        ids = leaks.container_ids(self.base, self.tag)
+        if not self.manager_pid():
+            self.proc = None
             try:
                 self.start_manager()
             except AssertionError as e:
                 problems.append(f"could not restart the manager for cleanup: {e}")
-        if self.proc is not None:
+        if self.manager_pid():
             r = self.ctl("ps", "-a", "-q", timeout=30)
-            ids = r.out.split()
-            if ids:
-                rr = self.ctl("rm", "-f", *ids, timeout=120)
+            if all_ids := r.out.split():
+                rr = self.ctl("rm", "-f", *all_ids, timeout=120)
                 if rr.rc != 0:
                     problems.append(f"rm -f failed: {rr.err.strip()}")
-            self.kill_manager(signal.SIGTERM)
+            if self.proc is not None:
+                self.kill_manager(signal.SIGTERM)
+            else:
+                os.kill(self.manager_pid(), signal.SIGTERM)
         try:
             wait_for(lambda: not our_processes(self.base), 10, "shims and containers to exit")
         except AssertionError:
-            for p in our_processes(self.base):
-                problems.append(f"process left: {p.pid} {' '.join(p.cmdline())}")
-                _kill(p)
-        problems += leftovers(self.base)
+            pass
+        ids |= leaks.container_ids(self.base, self.tag)
+        problems += [f"after rm -f: {p}" for p in leaks.check(self.base, leaks.Listing(), self.since, self.tag)]
+        leaks.purge(self.base, ids)
+        self.ids = ids
         return problems
 
     @property
@@ -178,44 +219,31 @@ def _kill(p: psutil.Process) -> None:
 
 
 def our_processes(base: str) -> list[psutil.Process]:
-    """Live processes that belong to a test base dir: shims, managers, runc, and container processes (whose
-    parent chain leads to one of our shims; cgroup membership is not looked at)."""
+    """Live processes that belong to a test base dir: every process whose command line names it (managers,
+    shims, runc, clients), every process in the cgroup of one of its containers (leaks.container_ids: removed
+    and unnamed ones included), and every process below one of its shims, whatever its parent chain."""
+    table = leaks.proc_table()
+    ids = leaks.container_ids(base, tag_of(base))
+    mine = {os.getpid(), *leaks.ancestors(table, os.getpid())}
+    shims = {p.pid for p in table.values() if leaks.shim_id(p, base) is not None}
     out = []
-    me = os.getpid()
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            cmd = " ".join(p.info["cmdline"] or [])
-            if base in cmd:
-                out.append(p)
-                continue
-            for a in p.parents():
-                if base in " ".join(a.cmdline()) and "shimd" in " ".join(a.cmdline()):
-                    out.append(p)
-                    break
-        except psutil.Error:
+    for p in table.values():
+        if p.pid in mine or p.zombie:
             continue
+        if leaks.mentions(p, base) or leaks.cgroup_ids(p) & ids or set(leaks.ancestors(table, p.pid)) & shims:
+            try:
+                out.append(psutil.Process(p.pid))
+            except psutil.Error:
+                pass
     return out
 
 
 def leftovers(base: str) -> list[str]:
-    """Mounts, runtime state and cgroups that outlived a test under base."""
-    problems = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split()[4]
-            if mp.startswith(base):
-                problems.append(f"mount left: {mp}")
-    tag = tag_of(base)
-    for ctrl in ("memory", "pids", "cpu", "freezer", "devices", "unified"):
-        d = os.path.join("/sys/fs/cgroup", ctrl, "shimd")
-        if os.path.isdir(d):
-            problems += [f"cgroup left: {d}/{n}" for n in os.listdir(d) if n.startswith(tag)]
-    runc_root = os.path.join(base, "state", "runc")
-    if os.path.isdir(runc_root) and os.listdir(runc_root):
-        problems.append(f"runtime state left: {os.listdir(runc_root)}")
-    return problems
+    """Mounts (in every mount namespace; a live shim's own rootfs excepted), runtime state, shim state and
+    cgroups (every hierarchy) of any container of the test under base: what outlived its containers."""
+    return [p for p in leaks.left_behind(base, leaks.Listing(), tag=tag_of(base))
+            if not p.startswith(("shim left", "process left", "container process left", "zombie"))
+            and not p.startswith("container files left")]
 
 
 def zombies_of(pids: set[int]) -> list[str]:

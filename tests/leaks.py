@@ -1,0 +1,381 @@
+"""What a test left behind: processes, zombies, mounts, cgroups and runtime state of one test base dir. The
+per-test teardown looks before it cleans anything (`left_behind` with the manager's listing), then removes every
+container, stops the manager, and looks again with nothing listed.
+
+The rule. What the manager lists at the end of a test is the test's to leave (most tests leave containers running
+and rely on the teardown's `rm -f`): a listed container keeps the live shim the listing names, the processes in
+its cgroups while it is created, running or paused (a stopped container has none), its cgroups, its runtime state
+and shim state, and its overlay at <state>/shims/<id>/bundle/rootfs inside its shim's own mount namespace. Any
+other thing of the test is a leak:
+- a live process whose command line names the base dir, other than the manager (the pid in shimd.pid) and the
+  listed shims: a shim the manager does not list, a second manager, a runc call that does not end, a client;
+- a process in the cgroup /shimd/<id> of a container of the test that is not listed as created, running or
+  paused, found by cgroup membership whatever its parent chain; and any process below an unlisted shim;
+- a zombie that is a shim of the test (shim.pid, or the listing's shim_pid), or the child of the manager, of a
+  shim (shims are found by command line and state dir, wherever they were re-parented) or of any other process
+  of the test; or a child of pytest, of one of its descendants, or of the subreaper above pytest (tini, which
+  adopts shims), that was started during the test and stays a zombie. Zombies inside a listed container (its
+  init's unreaped children) are the workload's business;
+- a mount under the base dir in any mount namespace on the machine (every /proc/*/mountinfo, one per namespace),
+  except a container's rootfs inside the namespace of its live shim (whether that shim should live is the
+  process rule's question);
+- a directory /shimd/<id> in any cgroup hierarchy mounted under /sys/fs/cgroup (every v1 controller, named
+  hierarchies, and the v2 unified hierarchy, hybrid or alone) for an id of the test that is not listed;
+- runtime state (<state>/runc/<id>), shim state (<state>/shims/<id>) and container files (<root>/containers/<id>)
+  of an id that is not listed.
+
+The containers of a test are every id in its root dir (containers/), its state dir (shims/, runc/, intents/), the
+manager's event log (<state>/events.journal, which keeps the ids of removed and unnamed containers), and any
+cgroup named with the test's tag. With no manager running at the end of the test the listing is what a manager
+starting now would list: the containers with metadata on disk. Everything is scoped to the base dir and to the
+test's own container ids, so other test sessions running on the same machine are never looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from shimproto import journal
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+LIVE = ("created", "running", "paused", "unknown")  # statuses under which a container may have processes
+
+
+def boot_ticks() -> int:
+    """Now, in the unit of /proc/<pid>/stat's start time (clock ticks since boot)."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    state: str
+    comm: str
+    start: int
+    argv: list[str]
+    cgroups: list[str]
+
+    @property
+    def cmd(self) -> str:
+        return " ".join(self.argv) or f"[{self.comm}]"
+
+    @property
+    def zombie(self) -> bool:
+        return self.state == "Z"
+
+    def opt(self, flag: str) -> str:
+        return self.argv[self.argv.index(flag) + 1] if flag in self.argv[:-1] else ""
+
+
+def proc_table() -> dict[int, Proc]:
+    """Every process on the machine, read once from /proc (zombies included: empty argv)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            rest = stat[stat.rindex(")") + 2:].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                raw = f.read()
+            with open(f"/proc/{name}/cgroup") as f:
+                cgroups = [line.split(":", 2)[2].strip() for line in f if line.count(":") >= 2]
+        except (OSError, ValueError, IndexError):
+            continue
+        argv = [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        out[int(name)] = Proc(int(name), int(rest[1]), rest[0], stat[stat.index("(") + 1:stat.rindex(")")],
+                              int(rest[19]), argv, cgroups)
+    return out
+
+
+def mentions(p: Proc, base: str) -> bool:
+    pat = re.compile(re.escape(base) + r"(?![\w.-])")
+    return any(pat.search(a) for a in p.argv)
+
+
+def shim_id(p: Proc, base: str) -> str | None:
+    """The container id of a `shimd start` serving a state dir of base (None: not such a shim)."""
+    if "start" in p.argv and any(a.endswith("shimd") for a in p.argv) and \
+            p.opt("--state").startswith(os.path.join(base, "state", "shims") + "/"):
+        return p.opt("--id") or None
+    return None
+
+
+def is_manager(p: Proc, base: str) -> bool:
+    return "manager" in p.argv and mentions(p, base)
+
+
+def cgroup_ids(p: Proc) -> set[str]:
+    return {m.group(1) for path in p.cgroups for m in [re.search(r"/shimd/([^/]+)", path)] if m}
+
+
+def ancestors(table: dict[int, Proc], pid: int) -> list[int]:
+    out, seen = [], set()
+    while pid in table and pid not in seen and pid > 1:
+        seen.add(pid)
+        pid = table[pid].ppid
+        out.append(pid)
+    return out
+
+
+def descendants(table: dict[int, Proc], pid: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for p in table.values():
+        kids.setdefault(p.ppid, []).append(p.pid)
+    out, todo = set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
+
+
+# --- what the test made --------------------------------------------------------------------------------------
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def hierarchies() -> list[str]:
+    """Mount points of every cgroup hierarchy (v1 controllers, named v1 hierarchies, v2) under /sys/fs/cgroup."""
+    out = []
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        mp = unescape(left.split()[4])
+        if right.split()[0] in ("cgroup", "cgroup2") and (mp == CGROUP_ROOT or mp.startswith(CGROUP_ROOT + "/")):
+            out.append(mp)
+    return out
+
+
+def container_ids(base: str, tag: str = "") -> set[str]:
+    """Every container id the test under base made, removed and unnamed ones included (see the module doc)."""
+    root, state = os.path.join(base, "root"), os.path.join(base, "state")
+    ids = set(_listdir(os.path.join(root, "containers")))
+    for d in ("shims", "runc", "intents"):
+        ids.update(_listdir(os.path.join(state, d)))
+    ids.update(ev["id"] for ev in journal.load(os.path.join(state, "events.journal")) if isinstance(ev.get("id"), str))
+    if tag:
+        for h in hierarchies():
+            ids.update(n for n in _listdir(os.path.join(h, "shimd")) if n.startswith(tag + "-"))
+    return ids
+
+
+@dataclass
+class Listing:
+    """The containers a test may leave: id -> {status, shim_pid}, and the manager's pid (0: none running)."""
+    containers: dict[str, dict] = field(default_factory=dict)
+    manager_pid: int = 0
+
+
+def shim_pids_recorded(base: str) -> dict[int, str]:
+    out = {}
+    for id in _listdir(os.path.join(base, "state", "shims")):
+        try:
+            out[int(open(os.path.join(base, "state", "shims", id, "shim.pid")).read().strip())] = id
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def tree_zombies(table: dict[int, Proc], since: int) -> list[str]:
+    """Zombies started at or after `since` whose parent is pytest, one of its descendants, or the subreaper above
+    it (tini adopts shims; PID 1 is left out: other sessions' orphans land there too)."""
+    me = os.getpid()
+    parents = {me} | descendants(table, me) | {a for a in ancestors(table, me) if a > 1}
+    out = []
+    for z in table.values():
+        if z.zombie and z.start >= since and z.ppid in parents:
+            parent = table.get(z.ppid)
+            out.append(f"zombie {z.pid} ({z.comm}) child of {z.ppid} {parent.cmd if parent else ''}, "
+                       "started during the test")
+    return out
+
+
+# --- the check -----------------------------------------------------------------------------------------------
+
+def unescape(path: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def mounts_by_namespace(table: dict[int, Proc]) -> dict[str, tuple[int, list[str]]]:
+    """mount namespace -> (a pid in it, its mount points), one /proc/<pid>/mountinfo read per namespace."""
+    out: dict[str, tuple[int, list[str]]] = {}
+    for pid in [os.getpid(), *table]:
+        try:
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+            if ns in out:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                out[ns] = (pid, [unescape(line.split()[4]) for line in f])
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base + "/")
+
+
+def left_behind(base: str, listing: Listing, since: int = 0, tag: str = "") -> list[str]:
+    """Everything of the test under base that the rule above calls a leak, given what may be left (listing).
+    Zombies of pytest's tree and of its subreaper count only when started at or after `since` (boot ticks)."""
+    table = proc_table()
+    ids = container_ids(base, tag) | set(listing.containers)
+    listed = listing.containers
+    me = os.getpid()
+    mine = {me, *ancestors(table, me)}
+    problems: list[str] = []
+
+    # processes: who is the test's, and who of those may stay
+    allowed: set[int] = set()
+    ours: dict[int, str] = {}  # pid -> why it is the test's
+    shims: dict[int, str] = {}
+    for p in table.values():
+        if p.pid in mine or p.zombie:
+            continue
+        sid = shim_id(p, base)
+        if sid is not None:
+            shims[p.pid] = sid
+            ours[p.pid] = f"shim of {sid}"
+            want = listed.get(sid, {}).get("shim_pid")
+            if sid in listed and want in (None, 0, p.pid) and listed[sid].get("status") != "lost":
+                allowed.add(p.pid)
+        elif is_manager(p, base):
+            ours[p.pid] = "manager"
+            if p.pid == listing.manager_pid:
+                allowed.add(p.pid)
+        elif mentions(p, base):
+            ours[p.pid] = "names the test's base dir"
+        elif cids := cgroup_ids(p) & ids:
+            cid = sorted(cids)[0]
+            ours[p.pid] = f"in cgroup /shimd/{cid}"
+            if listed.get(cid, {}).get("status") in LIVE:
+                allowed.add(p.pid)
+    for p in table.values():  # below a shim of the test, not in any container's cgroup (runc init, a helper)
+        if p.pid in ours or p.pid in mine or p.zombie:
+            continue
+        up = [a for a in ancestors(table, p.pid) if a in shims]
+        if up:
+            ours[p.pid] = f"below shim {up[0]} of {shims[up[0]]}"
+            if up[0] in allowed:
+                allowed.add(p.pid)
+    for pid in sorted(set(ours) - allowed):
+        p = table[pid]
+        kind = "shim" if pid in shims else "container process" if "cgroup" in ours[pid] else "process"
+        problems.append(f"{kind} left: {pid} {p.cmd} ({ours[pid]}; not listed by the manager)")
+
+    # zombies anywhere under the test's processes, wherever they were re-parented
+    recorded = shim_pids_recorded(base)
+    recorded.update({x["shim_pid"]: id for id, x in listed.items() if x.get("shim_pid")})
+    for z in table.values():
+        if not z.zombie:
+            continue
+        parent = table.get(z.ppid)
+        pdesc = f"{z.ppid} {parent.cmd}" if parent else str(z.ppid)
+        if z.pid in recorded:
+            problems.append(f"zombie {z.pid} is shim of {recorded[z.pid]} (parent {pdesc})")
+        elif z.ppid in ours and not (z.ppid in allowed and "cgroup" in ours[z.ppid]):
+            problems.append(f"zombie {z.pid} ({z.comm}) child of {pdesc} ({ours[z.ppid]})")
+    problems += [z for z in tree_zombies(table, since) if not any(z.split()[1] == p.split()[1] and
+                                                                  p.startswith("zombie") for p in problems)]
+
+    # mounts in every mount namespace
+    host = os.readlink("/proc/self/ns/mnt")
+    shim_ns = {}
+    for pid, sid in shims.items():
+        try:
+            shim_ns[os.readlink(f"/proc/{pid}/ns/mnt")] = sid
+        except OSError:
+            pass
+    seen: set[str] = set()
+    namespaces = mounts_by_namespace(table)
+    for ns, (pid, mps) in sorted(namespaces.items(), key=lambda kv: kv[0] != host):
+        for mp in mps:
+            if not _under(mp, base) or mp in seen:
+                continue
+            if ns in shim_ns and mp == os.path.join(base, "state", "shims", shim_ns[ns], "bundle", "rootfs"):
+                continue
+            seen.add(mp)
+            holder = table[pid].cmd if pid in table else ""
+            where = "" if ns == host else f" (mount namespace {ns} of pid {pid} {holder})"
+            problems.append(f"mount left: {mp}{where}")
+
+    # cgroups in every hierarchy
+    for h in hierarchies():
+        for id in sorted(ids - set(listed)):
+            d = os.path.join(h, "shimd", id)
+            if os.path.isdir(d):
+                problems.append(f"cgroup left: {d}")
+
+    # runtime state, shim state, container files
+    for what, d in (("runtime state", os.path.join(base, "state", "runc")),
+                    ("shim state", os.path.join(base, "state", "shims")),
+                    ("container files", os.path.join(base, "root", "containers"))):
+        problems += [f"{what} left: {d}/{n}" for n in _listdir(d) if n not in listed]
+    return problems
+
+
+def check(base: str, listing: Listing, since: int = 0, tag: str = "", settle: float = 3.0) -> list[str]:
+    """left_behind, taken again until it is empty or `settle` seconds passed: runc calls finishing, a subreaper
+    reaping, a killed shim's exit are views that lag. What is still there at the deadline is reported."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = left_behind(base, listing, since, tag)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def purge(base: str, ids: set[str]) -> None:
+    """Remove whatever the check found, so one test's leak does not become the next test's: kill the test's
+    processes (by base dir, by cgroup, below its shims), unmount under base in this namespace, delete the
+    runtime's containers, remove the cgroups."""
+    table = proc_table()
+    mine = {os.getpid(), *ancestors(table, os.getpid())}
+    shims = {p.pid for p in table.values() if shim_id(p, base) is not None}
+    victims = [p.pid for p in table.values() if p.pid not in mine and not p.zombie and (
+        mentions(p, base) or cgroup_ids(p) & ids or set(ancestors(table, p.pid)) & shims)]
+    for pid in victims:
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") and not _zombie(p) for p in victims):
+        time.sleep(0.05)
+    with open("/proc/self/mountinfo") as f:
+        mps = [unescape(line.split()[4]) for line in f]
+    for mp in sorted((m for m in mps if _under(m, base)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+    runc_root = os.path.join(base, "state", "runc")
+    for id in _listdir(runc_root):
+        subprocess.run(["runc", "--root", runc_root, "delete", "--force", id], capture_output=True, timeout=30)
+    for h in hierarchies():
+        for id in ids:
+            d = os.path.join(h, "shimd", id)
+            for sub, _, _ in sorted(os.walk(d), key=lambda t: len(t[0]), reverse=True):
+                try:
+                    os.rmdir(sub)
+                except OSError:
+                    pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
