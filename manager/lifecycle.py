@@ -19,6 +19,7 @@ import time
 
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound, ShimdError, Unavailable
 from shimproto.model import CREATED, DELETED, STOPPED, check_id
+from shimproto.plant import planted
 from shimproto.spec import ContainerSpec, ShimCreate
 
 from . import faults, images, launcher
@@ -89,6 +90,9 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
                 faults.point("create:started")
             r.store.clear_intent(id)
         except BaseException:
+            if planted("failed-create-leaves-container"):  # kept and listed, as if it had worked
+                r.add(e), e.move("created")  # type: ignore[func-returns-value]
+                raise
             pid = e.shim_pid if e.client is not None else 0
             r.disconnect(e)
             await rollback_create(r, e, pid)
@@ -172,6 +176,9 @@ async def remove(r: Registry, e: Entry, force: bool, key: str = "") -> dict | No
                 raise InvalidState(f"cannot remove {probe.status} container {e.id}: stop it first or use force")
         r.store.set_intent(e.id, "delete", key)
         faults.point("delete:intent")
+        if planted("remove-leaves-container"):  # forgotten, its shim and container left running
+            e.move("delete"), r.forget(e)  # type: ignore[func-returns-value]
+            return None
         return await finish_delete(r, e, key)
 
 

@@ -21,6 +21,7 @@ import zmq.asyncio
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
 from shimproto.model import STOPPED, ExitStatus, rfc3339
+from shimproto.plant import planted
 from shimproto.rpc import AsyncClient
 
 from . import faults, launcher
@@ -177,7 +178,10 @@ class Registry:
 
     def record(self, e: Entry, ev: dict) -> None:
         """Take one event of e into the log (once); e.status, the log's view of e, follows."""
-        self.events.add(ev)
+        if planted("drop-exit-event") and ev["type"] == "exit" and not ev["exec_id"]:
+            ev = {**ev, "type": "exit-dropped"}
+        if self.events.add(ev) and planted("duplicate-exit-event") and ev["type"] == "exit" and not ev["exec_id"]:
+            self.events.synthesize(e.id, "exit", exit=ev["exit"])
 
     def start_pump(self, e: Entry) -> None:
         if e.pump is None and e.state.watches_shim:

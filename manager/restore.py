@@ -13,6 +13,7 @@ import shutil
 
 from shimproto.errors import ShimdError
 from shimproto.model import RUNNING
+from shimproto.plant import planted
 
 from . import faults, launcher
 from .entry import Entry
@@ -81,6 +82,8 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         r.events.observe(e.id, await r.call(e, "state", timeout=5.0))  # type: ignore[arg-type]
     except ShimdError as err:
         log.warning("[%s] restore: state: %s", e.id, err.message)
+    if planted("restore-takes-shim-pid"):
+        r.events.observe(e.id, {"pid": pid})
     r.start_pump(e)
     counts["running"] += e.status.get("status") == RUNNING
 

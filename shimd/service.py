@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 
 import runtime.errors as rt
 from shimproto import errors as wire
 from shimproto.model import parse_signal
+from shimproto.plant import planted
 from shimproto.spec import ShimCreate
 from shimproto.wire import MAX_MESSAGE, Params
 
@@ -88,6 +90,8 @@ class ShimService:
         return self.c.describe()
 
     async def state(self, p: Params) -> dict:
+        if planted("leak-shim-fd"):
+            os.open("/dev/null", os.O_RDONLY)
         return self.c.describe()
 
     async def pids(self, p: Params) -> list:

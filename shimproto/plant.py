@@ -9,12 +9,19 @@ from __future__ import annotations
 import os
 
 NAMES = {
-    # chaos invariants (tests/chaos)
-    "drop-exit-event": "the manager never records a container's exit event",
-    "wrong-exit-code": "the shim reports an exit code one higher than the real one",
-    "lose-attach-line": "the shim's log reader skips one record",
-    "failed-create-leaves-container": "a create that fails is not rolled back",
+    # chaos invariants (tests/chaos; each is caught by the invariant named in tests/chaos/test_planted.py)
+    "drop-exit-event": "the manager files a container's exit event under another type: no exit is reported",
+    "duplicate-exit-event": "the manager records a container's exit event twice",
+    "wrong-exit-code": "the shim reports a container's exit code one higher than the real one",
+    "wrong-exec-exit-code": "the shim reports an exec process's exit code one higher than the real one",
+    "lose-attach-line": "the shim's log reader skips the first line of every page holding more than one",
+    "repeat-log-line": "the shim's log writer writes the record that crosses a log's first 4 KiB twice",
+    "failed-create-leaves-container": "a create that fails is not rolled back: its container stays listed",
+    "stopped-containers-vanish": "list --all leaves out stopped containers",
+    "remove-leaves-container": "rm forgets a container without deleting it: shim, container, runtime state stay",
     "leave-runtime-state": "the shim skips `runc delete`: a removed container's runtime state and cgroups stay",
+    "restore-takes-shim-pid": "a restarted manager lists a running container with its shim's pid",
+    "leak-shim-fd": "the shim opens (and never closes) a file on every state call",
     # leak kinds (tests/leaks.py): leave-runtime-state above; a stray shim, a zombie under a shim, a mount in any
     # namespace, a cgroup and an orphaned container process are planted directly by tests/test_harness.py
 }

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shimproto.model import rfc3339
+from shimproto.plant import planted
 
 log = logging.getLogger("shimd.log")
 
@@ -182,6 +183,8 @@ class LogWriter:
         if not data or self.closed:
             return
         rec = format_records(stream, data, time.time_ns())
+        if planted("repeat-log-line") and self.written < 4096 <= self.written + len(rec):
+            rec += rec
         if not self.max_size or self.size + len(rec) <= self.max_size:
             self._append(rec, len(data))
         else:

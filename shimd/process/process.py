@@ -85,6 +85,8 @@ class Process:
             if self.log is not None:
                 self.log.close()
             self.exit = ExitStatus.from_wait_status(status, oom_killed=self.hooks.oom_killed())
+            if planted("wrong-exec-exit-code" if self.exec_id else "wrong-exit-code"):
+                self.exit = ExitStatus.from_wire({**self.exit.to_wire(), "code": self.exit.code + 1})
             write_json(self.exit_path, self.exit.to_wire())
             self.transition("exit")
             self.ctx.journal.emit("exit", self.exec_id, pid=self.pid, exit=self.exit.to_wire())
@@ -110,6 +112,8 @@ class Process:
             if records or past or new == cur:
                 break
             cur = new
+        if planted("lose-attach-line") and records and records[0][1].count(b"\n") > 1:
+            records[0][1] = records[0][1].split(b"\n", 1)[1]
         at_end = self.log.at_end(new)
         done = past or (at_end and (self.log.closed or 0 < opts.until < time.time_ns()))
         return records, new, done
