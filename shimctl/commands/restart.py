@@ -6,17 +6,15 @@ from __future__ import annotations
 import argparse
 
 from .. import exitcodes
-from ..cli import Cli, for_each
+from ..cli import Cli
+from .stop import add_arguments, call_each
 
 HELP = "stop and start containers again"
 ERRORS = exitcodes.OTHER
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-t", "--time", type=float, default=None, help="seconds before SIGKILL (default: config, 10)")
-    p.add_argument("ids", nargs="+", metavar="ID")
+__all__ = ["HELP", "ERRORS", "add_arguments", "run"]
 
 
 def run(cli: Cli, a: argparse.Namespace) -> int:
-    params = {} if a.time is None else {"timeout": a.time}
-    return for_each(a.ids, lambda id: cli.call("restart", {"id": id, **params}, timeout=3700))
+    return call_each(cli, a, "restart")

@@ -17,5 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cli: Cli, a: argparse.Namespace) -> int:
+    return call_each(cli, a, "stop")
+
+
+def call_each(cli: Cli, a: argparse.Namespace, method: str) -> int:
+    """stop or restart each of a.ids with the grace period of -t; prints each id."""
     params = {} if a.time is None else {"timeout": a.time}
-    return for_each(a.ids, lambda id: cli.call("stop", {"id": id, **params}, timeout=3700))
+    return for_each(a.ids, lambda id: cli.call(method, {"id": id, **params}, timeout=3700))
