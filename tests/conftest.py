@@ -108,7 +108,7 @@ def session_leftovers() -> list[str]:
         table = leaks.proc_table()
         problems += [f"container process left: {p.pid} {p.cmd} (in cgroup of {sorted(leaks.cgroup_ids(p) & ids)})"
                      for p in table.values() if not p.zombie and leaks.cgroup_ids(p) & ids]
-    problems += leaks.tree_zombies(leaks.proc_table(), _session_start)
+    problems += [z for _, z in leaks.tree_zombies(leaks.proc_table(), _session_start)]
     return sorted(set(problems))
 
 

@@ -155,7 +155,7 @@ class Env(Cli):
                 pass
             finally:
                 c.close()
-        return leaks.Listing({id: {"status": "unknown", "shim_pid": 0} for id in self.container_ids_on_disk()
+        return leaks.Listing({id: {"status": "unknown", "shim_pid": None} for id in self.container_ids_on_disk()
                               if os.path.exists(os.path.join(self.root, "containers", id, "meta.json"))})
 
     def left_behind(self, settle: float = 3.0) -> list[str]:
@@ -184,9 +184,9 @@ class Env(Cli):
             else:
                 os.kill(self.manager_pid(), signal.SIGTERM)
         try:
-            wait_for(lambda: not our_processes(self.base), 10, "shims and containers to exit")
+            wait_for(lambda: not our_processes(self.base), 10, "shims and containers to exit", interval=0.1)
         except AssertionError:
-            pass
+            pass  # the check below names them
         ids |= leaks.container_ids(self.base, self.tag)
         problems += [f"after rm -f: {p}" for p in leaks.check(self.base, leaks.Listing(), self.since, self.tag)]
         leaks.purge(self.base, ids)

@@ -33,6 +33,7 @@ test's own container ids, so other test sessions running on the same machine are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -174,7 +175,8 @@ def container_ids(base: str, tag: str = "") -> set[str]:
 
 @dataclass
 class Listing:
-    """The containers a test may leave: id -> {status, shim_pid}, and the manager's pid (0: none running)."""
+    """The containers a test may leave: id -> {status, shim_pid (None when not known)}, and the manager's pid (0:
+    none running)."""
     containers: dict[str, dict] = field(default_factory=dict)
     manager_pid: int = 0
 
@@ -189,7 +191,7 @@ def shim_pids_recorded(base: str) -> dict[int, str]:
     return out
 
 
-def tree_zombies(table: dict[int, Proc], since: int) -> list[str]:
+def tree_zombies(table: dict[int, Proc], since: int) -> list[tuple[int, str]]:
     """Zombies started at or after `since` whose parent is pytest, one of its descendants, or the subreaper above
     it (tini adopts shims; PID 1 is left out: other sessions' orphans land there too)."""
     me = os.getpid()
@@ -198,8 +200,8 @@ def tree_zombies(table: dict[int, Proc], since: int) -> list[str]:
     for z in table.values():
         if z.zombie and z.start >= since and z.ppid in parents:
             parent = table.get(z.ppid)
-            out.append(f"zombie {z.pid} ({z.comm}) child of {z.ppid} {parent.cmd if parent else ''}, "
-                       "started during the test")
+            out.append((z.pid, f"zombie {z.pid} ({z.comm}) child of {z.ppid} {parent.cmd if parent else ''}, "
+                               "started during the test"))
     return out
 
 
@@ -228,103 +230,120 @@ def _under(path: str, base: str) -> bool:
     return path == base or path.startswith(base + "/")
 
 
+@dataclass
+class Scan:
+    """One look at the machine for one test: its processes, which of them may stay, and why each is the test's."""
+    base: str
+    listing: Listing
+    table: dict[int, Proc]
+    ids: set[str]
+    ours: dict[int, str] = field(default_factory=dict)  # pid -> why it is the test's
+    leaked: dict[int, str] = field(default_factory=dict)  # pid -> why it may not stay
+    shims: dict[int, str] = field(default_factory=dict)  # pid -> container id
+
+    @property
+    def allowed(self) -> set[int]:
+        return set(self.ours) - set(self.leaked)
+
+
+def _processes(s: Scan) -> list[str]:
+    listed = s.listing.containers
+    mine = {os.getpid(), *ancestors(s.table, os.getpid())}
+    for p in s.table.values():
+        if p.pid in mine or p.zombie:
+            continue
+        if (sid := shim_id(p, s.base)) is not None:
+            s.shims[p.pid] = sid
+            s.ours[p.pid] = f"shim of {sid}"
+            want = listed.get(sid, {}).get("shim_pid")  # None: not known (no manager); 0: the manager lost it
+            if sid not in listed:
+                s.leaked[p.pid] = f"the manager does not list {sid}"
+            elif want not in (None, p.pid):
+                s.leaked[p.pid] = f"the manager lists {sid} with shim pid {want}"
+        elif is_manager(p, s.base):
+            s.ours[p.pid] = "manager"
+            if p.pid != s.listing.manager_pid:
+                s.leaked[p.pid] = "not the manager serving the test's socket"
+        elif mentions(p, s.base):
+            s.ours[p.pid] = s.leaked[p.pid] = "names the test's base dir"
+        elif cids := cgroup_ids(p) & s.ids:
+            cid = sorted(cids)[0]
+            s.ours[p.pid] = f"in cgroup /shimd/{cid}"
+            status = listed.get(cid, {}).get("status")
+            if status not in LIVE:
+                s.leaked[p.pid] = f"in cgroup /shimd/{cid}; " + (
+                    f"{cid} is listed {status}" if status else f"the manager does not list {cid}")
+    for p in s.table.values():  # below a shim of the test, in no container's cgroup (runc init, a helper)
+        if p.pid in s.ours or p.pid in mine or p.zombie:
+            continue
+        if up := [a for a in ancestors(s.table, p.pid) if a in s.shims]:
+            s.ours[p.pid] = f"below shim {up[0]} of {s.shims[up[0]]}"
+            if up[0] in s.leaked:
+                s.leaked[p.pid] = f"below shim {up[0]}, which may not stay either"
+    out = []
+    for pid, why in sorted(s.leaked.items()):
+        kind = "shim" if pid in s.shims else "container process" if "cgroup" in why else "process"
+        out.append(f"{kind} left: {pid} {s.table[pid].cmd} ({why})")
+    return out
+
+
+def _zombies(s: Scan, since: int) -> list[str]:
+    recorded = shim_pids_recorded(s.base)
+    recorded.update({x["shim_pid"]: id for id, x in s.listing.containers.items() if x.get("shim_pid")})
+    workloads = {pid for pid in s.allowed if "cgroup" in s.ours[pid]}  # a listed container's own zombies
+    out, named = [], set()
+    for z in s.table.values():
+        if not z.zombie:
+            continue
+        parent = s.table.get(z.ppid)
+        pdesc = f"{z.ppid} {parent.cmd}" if parent else str(z.ppid)
+        if z.pid in recorded:
+            out.append(f"zombie {z.pid} is the shim of {recorded[z.pid]} (parent {pdesc})")
+        elif z.ppid in s.ours and z.ppid not in workloads:
+            out.append(f"zombie {z.pid} ({z.comm}) child of {pdesc} ({s.ours[z.ppid]})")
+        else:
+            continue
+        named.add(z.pid)
+    return out + [z for pid, z in tree_zombies(s.table, since) if pid not in named]
+
+
+def _mounts(s: Scan) -> list[str]:
+    host = os.readlink("/proc/self/ns/mnt")
+    rootfs = {}  # a live shim's namespace -> its container's rootfs, the one mount it may hold
+    for pid, sid in s.shims.items():
+        with contextlib.suppress(OSError):
+            rootfs[os.readlink(f"/proc/{pid}/ns/mnt")] = os.path.join(s.base, "state", "shims", sid, "bundle",
+                                                                       "rootfs")
+    out, seen = [], set()
+    for ns, (pid, mps) in sorted(mounts_by_namespace(s.table).items(), key=lambda kv: kv[0] != host):
+        for mp in mps:
+            if not _under(mp, s.base) or mp in seen or rootfs.get(ns) == mp:
+                continue
+            seen.add(mp)
+            holder = s.table[pid].cmd if pid in s.table else ""
+            out.append(f"mount left: {mp}" + ("" if ns == host else f" (mount namespace {ns} of pid {pid} {holder})"))
+    return out
+
+
+def _cgroups(s: Scan) -> list[str]:
+    return [f"cgroup left: {h}/shimd/{id}" for h in hierarchies() for id in sorted(s.ids - set(s.listing.containers))
+            if os.path.isdir(os.path.join(h, "shimd", id))]
+
+
+def _files(s: Scan) -> list[str]:
+    out = []
+    for what, d in (("runtime state", os.path.join(s.base, "state", "runc")),
+                    ("shim state", os.path.join(s.base, "state", "shims")),
+                    ("container files", os.path.join(s.base, "root", "containers"))):
+        out += [f"{what} left: {d}/{n}" for n in _listdir(d) if n not in s.listing.containers]
+    return out
+
+
 def left_behind(base: str, listing: Listing, since: int = 0, tag: str = "") -> list[str]:
     """Everything of the test under base that the rule above calls a leak, given what may be left (listing).
     Zombies of pytest's tree and of its subreaper count only when started at or after `since` (boot ticks)."""
-    table = proc_table()
-    ids = container_ids(base, tag) | set(listing.containers)
-    listed = listing.containers
-    me = os.getpid()
-    mine = {me, *ancestors(table, me)}
-    problems: list[str] = []
-
-    # processes: who is the test's, and who of those may stay
-    allowed: set[int] = set()
-    ours: dict[int, str] = {}  # pid -> why it is the test's
-    shims: dict[int, str] = {}
-    for p in table.values():
-        if p.pid in mine or p.zombie:
-            continue
-        sid = shim_id(p, base)
-        if sid is not None:
-            shims[p.pid] = sid
-            ours[p.pid] = f"shim of {sid}"
-            want = listed.get(sid, {}).get("shim_pid")
-            if sid in listed and want in (None, 0, p.pid) and listed[sid].get("status") != "lost":
-                allowed.add(p.pid)
-        elif is_manager(p, base):
-            ours[p.pid] = "manager"
-            if p.pid == listing.manager_pid:
-                allowed.add(p.pid)
-        elif mentions(p, base):
-            ours[p.pid] = "names the test's base dir"
-        elif cids := cgroup_ids(p) & ids:
-            cid = sorted(cids)[0]
-            ours[p.pid] = f"in cgroup /shimd/{cid}"
-            if listed.get(cid, {}).get("status") in LIVE:
-                allowed.add(p.pid)
-    for p in table.values():  # below a shim of the test, not in any container's cgroup (runc init, a helper)
-        if p.pid in ours or p.pid in mine or p.zombie:
-            continue
-        up = [a for a in ancestors(table, p.pid) if a in shims]
-        if up:
-            ours[p.pid] = f"below shim {up[0]} of {shims[up[0]]}"
-            if up[0] in allowed:
-                allowed.add(p.pid)
-    for pid in sorted(set(ours) - allowed):
-        p = table[pid]
-        kind = "shim" if pid in shims else "container process" if "cgroup" in ours[pid] else "process"
-        problems.append(f"{kind} left: {pid} {p.cmd} ({ours[pid]}; not listed by the manager)")
-
-    # zombies anywhere under the test's processes, wherever they were re-parented
-    recorded = shim_pids_recorded(base)
-    recorded.update({x["shim_pid"]: id for id, x in listed.items() if x.get("shim_pid")})
-    for z in table.values():
-        if not z.zombie:
-            continue
-        parent = table.get(z.ppid)
-        pdesc = f"{z.ppid} {parent.cmd}" if parent else str(z.ppid)
-        if z.pid in recorded:
-            problems.append(f"zombie {z.pid} is shim of {recorded[z.pid]} (parent {pdesc})")
-        elif z.ppid in ours and not (z.ppid in allowed and "cgroup" in ours[z.ppid]):
-            problems.append(f"zombie {z.pid} ({z.comm}) child of {pdesc} ({ours[z.ppid]})")
-    problems += [z for z in tree_zombies(table, since) if not any(z.split()[1] == p.split()[1] and
-                                                                  p.startswith("zombie") for p in problems)]
-
-    # mounts in every mount namespace
-    host = os.readlink("/proc/self/ns/mnt")
-    shim_ns = {}
-    for pid, sid in shims.items():
-        try:
-            shim_ns[os.readlink(f"/proc/{pid}/ns/mnt")] = sid
-        except OSError:
-            pass
-    seen: set[str] = set()
-    namespaces = mounts_by_namespace(table)
-    for ns, (pid, mps) in sorted(namespaces.items(), key=lambda kv: kv[0] != host):
-        for mp in mps:
-            if not _under(mp, base) or mp in seen:
-                continue
-            if ns in shim_ns and mp == os.path.join(base, "state", "shims", shim_ns[ns], "bundle", "rootfs"):
-                continue
-            seen.add(mp)
-            holder = table[pid].cmd if pid in table else ""
-            where = "" if ns == host else f" (mount namespace {ns} of pid {pid} {holder})"
-            problems.append(f"mount left: {mp}{where}")
-
-    # cgroups in every hierarchy
-    for h in hierarchies():
-        for id in sorted(ids - set(listed)):
-            d = os.path.join(h, "shimd", id)
-            if os.path.isdir(d):
-                problems.append(f"cgroup left: {d}")
-
-    # runtime state, shim state, container files
-    for what, d in (("runtime state", os.path.join(base, "state", "runc")),
-                    ("shim state", os.path.join(base, "state", "shims")),
-                    ("container files", os.path.join(base, "root", "containers"))):
-        problems += [f"{what} left: {d}/{n}" for n in _listdir(d) if n not in listed]
-    return problems
+    s = Scan(base, listing, proc_table(), container_ids(base, tag) | set(listing.containers))
+    return _processes(s) + _zombies(s, since) + _mounts(s) + _cgroups(s) + _files(s)
 
 
 def check(base: str, listing: Listing, since: int = 0, tag: str = "", settle: float = 3.0) -> list[str]:
