@@ -12,7 +12,9 @@ chaos:
 	CHAOS_KILLS=$${CHAOS_KILLS:-500} CHAOS_SECONDS=$${CHAOS_SECONDS:-1800} CHAOS_TIMEOUT=3600 \
 	CHAOS_REPORT=docs/chaos-report.md ./scripts/test tests/chaos -k "not filling" -s
 
-# runc alone vs shimd vs containerd, side by side; results in docs/benchmarks.md. Installs containerd if missing.
+# runc alone vs shimd vs containerd, side by side (issue 10's goals); results in docs/benchmarks.md. Installs
+# containerd if missing. Run it on a quiet machine: the full run takes minutes (500 containers; BENCH_SCALE=0 skips
+# that part). BENCH_QUICK=1 checks that it works (5 containers, no scale part, written to /tmp/shimd-bench-quick.md).
 bench:
 	scripts/setup
 	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd

@@ -1,282 +1,102 @@
-"""Side-by-side benchmark: runc alone (the floor), shimd, and containerd + containerd-shim-runc-v2 (Debian's).
+"""Side-by-side benchmark of issue 10: runc alone (the floor), shimd, and Debian's containerd 1.6 with
+containerd-shim-runc-v2, in one run, the systems alternating, medians and ratios, written to docs/benchmarks.md.
 
-Every figure is measured in one run, the three systems alternating within each iteration (the order rotates), and
-reported as medians with ratios; the machines are shared and noisy, so only the ratios of one run mean much.
+Figures (goals of issue 10): 1 memory per shim with N running (USS, PSS, threads, daemon RSS); 2 start
+(`run -d`, `run --rm true`, and create+start through the API from a connected client against runc create+start);
+3 restore (daemon SIGKILL + start until all are listed running, at N for both, at the scale count for shimd);
+4 exit latency (`kill -9` of an init to its exit event at a connected `events` subscriber); 5 logs (bench/logs.py,
+someone else's, included when present); 6 scale (500 running: listing, `ps` time, memory, restore).
 All three run the same busybox tree: runc from a bundle whose root is that tree (read-only), containerd with
 `ctr run --rootfs` on it (no snapshot), shimd with its built-in image (an overlay per container, as always).
-Each CLI invocation is timed whole, from spawn to exit, as a user sees it.
 
-Usage (as root; `make bench` sets things up and runs it under tini so that exited shims are reaped):
-    python bench/run.py [-n 20] [--containers 20] [--out docs/benchmarks.md]
+Usage, as root (`make bench` sets things up and runs this under `tini -s` so that exited shims are reaped):
+    .venv/bin/python bench/run.py [-n 20] [--containers 50] [--scale 500] [--out docs/benchmarks.md]
+Environment: BENCH_QUICK=1 (3 iterations, 5 containers, no scale part, logs.py small, written to
+/tmp/shimd-bench-quick.md unless --out: for checking that it works, its numbers are not results);
+BENCH_N, BENCH_CONTAINERS, BENCH_SCALE (0 skips the scale part), BENCH_RESTORES, BENCH_OUT, BENCH_LOGS=0 (skip
+bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import glob
 import os
 import platform
+import secrets
+import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import figures
 import psutil
+import report
+from systems import Containerd, Runc, Shimd
+from util import PY, REPO, run, say
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = os.path.join(REPO, ".venv", "bin", "python")
-QUIET = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
-
-
-def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    # runc without a terminal hands its stdio to the container: a pipe there would never close, so runc gets none
-    stdio = {**QUIET, "stderr": subprocess.DEVNULL} if cmd[0] == "runc" else QUIET
-    p = subprocess.run(cmd, timeout=timeout, cwd=REPO, **stdio)
-    if check and p.returncode != 0:
-        err = (p.stderr or b"").decode(errors="replace").strip()
-        raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {err}")
-    return p
+PROJECT_PACKAGES = ["shimproto", "runtime", "shimd", "manager", "shimctl"]
+LOGS_BENCH = os.path.join(REPO, "bench", "logs.py")
 
 
-def _timed(cmd: list[str], expect: int = 0) -> float:
-    t0 = time.perf_counter()
-    p = _run(cmd, check=False)
-    took = time.perf_counter() - t0
-    if p.returncode != expect:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}: {(p.stderr or b'').decode(errors='replace')}")
-    return took
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name, "")
+    return int(v) if v.strip() else default
 
 
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def options() -> argparse.Namespace:
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=_env_int("BENCH_N", 3 if quick else 20),
+                    help="iterations per latency figure")
+    ap.add_argument("--containers", type=int, default=_env_int("BENCH_CONTAINERS", 5 if quick else 50),
+                    help="running containers per system for the memory and restore figures")
+    ap.add_argument("--scale", type=int, default=_env_int("BENCH_SCALE", 0 if quick else 500),
+                    help="containers running at once on shimd for the scale figures (0: skip)")
+    ap.add_argument("--restores", type=int, default=_env_int("BENCH_RESTORES", 2 if quick else 5),
+                    help="daemon restarts per restore figure")
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT") or (
+        os.path.join(tempfile.gettempdir(), "shimd-bench-quick.md") if quick
+        else os.path.join(REPO, "docs", "benchmarks.md")))
+    a = ap.parse_args()
+    a.quick = quick
+    a.settle = 1.0 if quick else 3.0
+    a.exits = _env_int("BENCH_EXITS", a.n if quick else max(10, a.n))  # a full run takes >= 10 samples
+    a.scale_restores = min(a.restores, 3)
+    a.ps_iters = 3 if quick else 7
+    return a
 
 
-class Daemon:
-    """A system with a daemon the memory figures kill and restart."""
-
-    proc: subprocess.Popen | None = None
-
-    def kill_daemon(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(15)
+def compile_bytecode() -> None:
+    """A real install has compiled bytecode; these machines set PYTHONDONTWRITEBYTECODE=1, so without this every
+    Python process of shimd would compile its modules at start. Dependencies are compiled by pip already; checked."""
+    run([PY, "-m", "compileall", "-q", *PROJECT_PACKAGES], timeout=300)
+    purelib = subprocess.run([PY, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    run([PY, "-m", "compileall", "-q", purelib], check=False, timeout=600)
 
 
-class Shimd(Daemon):
-    name = "shimd"
-
-    def __init__(self, base: str) -> None:
-        self.root, self.state = os.path.join(base, "shimd-root"), os.path.join(base, "shimd-state")
-        self.sock = os.path.join(self.state, "shimd.sock")
-        self.log = open(os.path.join(base, "shimd-manager.log"), "ab")
-        self.proc: subprocess.Popen | None = None
-
-    def ctl(self, *args: str) -> list[str]:
-        return [PY, "-m", "shimctl", "--address", self.sock, *args]
-
-    def start_daemon(self) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "manager", "--root", self.root, "--state", self.state], cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-
-    def listed_running(self) -> int:
-        p = subprocess.run(self.ctl("ps", "--format", "json"), capture_output=True, timeout=30, cwd=REPO)
-        if p.returncode != 0:
-            return -1
-        return sum(x["status"] == "running" for x in json.loads(p.stdout))
-
-    def run_true(self, id: str) -> float:
-        return _timed(self.ctl("run", "--rm", "--name", id, "busybox", "/bin/true"))
-
-    def run_detached(self, id: str) -> float:
-        return _timed(self.ctl("run", "-d", "--name", id, "busybox", "sleep", "100000"))
-
-    def remove(self, id: str) -> None:
-        _run(self.ctl("rm", "-f", id))
-
-    def ids(self) -> list[str]:
-        p = subprocess.run(self.ctl("ps", "-a", "--format", "json"), capture_output=True, timeout=30, cwd=REPO)
-        return [x["id"] for x in json.loads(p.stdout)] if p.returncode == 0 else []
-
-    def monitors(self) -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] and "shimd" in " ".join(p.info["cmdline"][:3])
-                and "start" in p.info["cmdline"] and self.state in " ".join(p.info["cmdline"])]
-
-class Containerd(Daemon):
-    name = "containerd"
-
-    def __init__(self, base: str, rootfs: str) -> None:
-        self.dir = os.path.join(base, "containerd")
-        os.makedirs(self.dir)
-        self.sock = os.path.join(self.dir, "containerd.sock")
-        self.config = os.path.join(self.dir, "config.toml")
-        with open(self.config, "w") as f:
-            f.write(f'version = 2\nroot = "{self.dir}/root"\nstate = "{self.dir}/state"\n'
-                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{self.sock}"\n')
-        self.rootfs = rootfs
-        self.log = open(os.path.join(base, "containerd.log"), "ab")
-        self.proc: subprocess.Popen | None = None
-
-    def ctl(self, *args: str) -> list[str]:
-        return ["ctr", "-a", self.sock, *args]
-
-    def start_daemon(self) -> None:
-        self.proc = subprocess.Popen(["containerd", "--config", self.config], stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=self.log)
-
-    def listed_running(self) -> int:
-        p = subprocess.run(self.ctl("task", "ls"), capture_output=True, text=True, timeout=30)
-        if p.returncode != 0:
-            return -1
-        return sum(" RUNNING" in line for line in p.stdout.splitlines())
-
-    def run_true(self, id: str) -> float:
-        return _timed(self.ctl("run", "--rm", "--env", "PATH=/bin", "--rootfs", self.rootfs, id, "/bin/true"))
-
-    def run_detached(self, id: str) -> float:
-        return _timed(self.ctl("run", "-d", "--env", "PATH=/bin", "--rootfs", self.rootfs, id, "sleep", "100000"))
-
-    def remove(self, id: str) -> None:
-        _run(self.ctl("task", "rm", "-f", id), check=False)  # kills it first; fails harmlessly when no task
-        _run(self.ctl("container", "rm", id))
-
-    def ids(self) -> list[str]:
-        p = subprocess.run(self.ctl("container", "ls", "-q"), capture_output=True, text=True, timeout=30)
-        return p.stdout.split()
-
-    def monitors(self) -> list[psutil.Process]:
-        return [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] and p.info["cmdline"][0].endswith("containerd-shim-runc-v2")
-                and self.sock in " ".join(p.info["cmdline"])]
-
-class Runc:
-    name = "runc"
-
-    def __init__(self, base: str, rootfs: str) -> None:
-        self.root = os.path.join(base, "runc-root")
-        self.bundles = os.path.join(base, "bundles")
-        for kind, args in (("true", ["/bin/true"]), ("sleep", ["sleep", "100000"])):
-            b = os.path.join(self.bundles, kind)
-            os.makedirs(b)
-            _run(["runc", "spec", "--bundle", b])
-            with open(os.path.join(b, "config.json")) as f:
-                spec = json.load(f)
-            spec["process"].update(terminal=False, args=args)
-            spec["root"] = {"path": rootfs, "readonly": True}
-            with open(os.path.join(b, "config.json"), "w") as f:
-                json.dump(spec, f)
-
-    def run_true(self, id: str) -> float:
-        return _timed(["runc", "--root", self.root, "run", "--bundle", os.path.join(self.bundles, "true"), id])
-
-    def run_detached(self, id: str) -> float:
-        return _timed(["runc", "--root", self.root, "run", "-d", "--bundle", os.path.join(self.bundles, "sleep"),
-                       id])
-
-    def remove(self, id: str) -> None:
-        _run(["runc", "--root", self.root, "delete", "--force", id])
-
-    def ids(self) -> list[str]:
-        p = subprocess.run(["runc", "--root", self.root, "list", "-q"], capture_output=True, text=True)
-        return p.stdout.split()
-
-
-def _median_ms(xs: list[float]) -> float:
-    return statistics.median(xs) * 1000
-
-
-def _latency(systems: list, n: int, what: str) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {s.name: [] for s in systems}
-    for i in range(n):
-        order = systems[i % len(systems):] + systems[:i % len(systems)]
-        for s in order:
-            id = f"b{what[0]}{i}"
-            if what == "true":
-                out[s.name].append(s.run_true(id))
-            else:
-                out[s.name].append(s.run_detached(id))
-                s.remove(id)
-    return out
-
-
-def _memory(systems: list, count: int) -> dict[str, dict]:
-    """count sleeping containers per system, then the monitors' USS/PSS/threads and the daemon's RSS."""
-    res = {}
-    for s in systems:
-        ids = [f"mem{i}" for i in range(count)]
-        for id in ids:
-            s.run_detached(id)
-        time.sleep(1.0)  # let start-up allocations settle
-        mons = s.monitors()
-        infos = [m.memory_full_info() for m in mons]
-        res[s.name] = {
-            "monitors": len(mons),
-            "uss": statistics.median(i.uss for i in infos) / 2**20,
-            "pss": statistics.median(i.pss for i in infos) / 2**20,
-            "threads": statistics.median(m.num_threads() for m in mons),
-            "daemon_rss": psutil.Process(s.proc.pid).memory_info().rss / 2**20,
-        }
-        # restart the daemon with count containers running: time until all are listed running again
-        times = []
-        for _ in range(3):
-            s.kill_daemon()
-            t0 = time.perf_counter()
-            s.start_daemon()
-            _wait(lambda s=s: s.listed_running() == count, 60, f"{s.name} to list {count} running")
-            times.append(time.perf_counter() - t0)
-        res[s.name]["restart"] = statistics.median(times)
-        for id in ids:
-            s.remove(id)
-    return res
-
-
-def _report(lat: dict[str, dict[str, list[float]]], mem: dict[str, dict], n: int, count: int) -> str:
-    def row(label: str, d: dict[str, list[float]]) -> str:
-        r, s, c = (_median_ms(d[k]) for k in ("runc", "shimd", "containerd"))
-        return f"| {label} | {r:.0f} ms | {s:.0f} ms | {c:.0f} ms | {s / c:.2f} | {s / r:.2f} |"
-
-    cpu = platform.processor() or platform.machine()
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Written by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} CPUs ({cpu}), "
-        f"{platform.release()}, runc {_version(['runc', '--version'], 2)}, containerd "
-        f"{_version(['containerd', '--version'], 2)}. "
-        f"Medians of {n} iterations per figure, the three systems alternating within each iteration. A ratio "
-        "below 1 means shimd is faster or smaller.",
-        "",
-        "| figure | runc alone | shimd | containerd | shimd / containerd | shimd / runc |",
-        "|---|---|---|---|---|---|",
-        row("run `/bin/true` to exit and delete (`run --rm`)", lat["true"]),
-        row("detached start (`run -d ... sleep`)", lat["detached"]),
-        "",
-        f"With {count} sleeping containers each:",
-        "",
-        "| figure | shimd | containerd | shimd / containerd |",
-        "|---|---|---|---|",
-    ]
-    s, c = mem["shimd"], mem["containerd"]
-    for label, key, unit in (("USS per container monitor (shim)", "uss", "MiB"),
-                             ("PSS per container monitor (shim)", "pss", "MiB"),
-                             ("threads per shim", "threads", ""), ("daemon RSS", "daemon_rss", "MiB")):
-        lines.append(f"| {label} | {s[key]:.1f} {unit} | {c[key]:.1f} {unit} | {s[key] / c[key]:.2f} |")
-    lines.append(f"| daemon SIGKILL + start until all {count} are listed running | {s['restart'] * 1000:.0f} ms | "
-                 f"{c['restart'] * 1000:.0f} ms | {s['restart'] / c['restart']:.2f} |")
-    lines += [
-        "",
-        f"Monitors counted: shimd {s['monitors']}, containerd {c['monitors']}. The CLI is part of every latency "
-        "figure (`shimctl` is a Python process; `ctr` and `runc` are Go binaries). shimd mounts an overlay per "
-        "container; `ctr run --rootfs` and the runc bundle use the tree as it is.",
-        "",
-    ]
-    return "\n".join(lines)
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no", "--",
+                            *PROJECT_PACKAGES], capture_output=True, text=True).stdout.split("\n")
+    return {
+        "cpu": cpu, "cpus": str(os.cpu_count()), "mem": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "kernel": platform.release(), "python": platform.python_version(),
+        "runc": _version(["runc", "--version"], 2), "containerd": _version(["containerd", "--version"], 2),
+        "commit": head.stdout.strip() or "?",
+        "dirty": ", ".join(ln[3:] for ln in dirty if ln.strip()),
+        "pydontwrite": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
+    }
 
 
 def _version(cmd: list[str], word: int) -> str:
@@ -286,12 +106,189 @@ def _version(cmd: list[str], word: int) -> str:
         return "?"
 
 
+def logs_table(a: argparse.Namespace) -> str:
+    """HOOK for goal 5: bench/logs.py (written by someone else) measures the log path on its own and prints a
+    markdown table; it runs after the other systems are gone, and its table goes into the doc verbatim."""
+    if os.environ.get("BENCH_LOGS", "1") == "0":
+        return "_Skipped (BENCH_LOGS=0)._"
+    if not os.path.exists(LOGS_BENCH):
+        return "_bench/logs.py is not there yet: no log figures in this run (bench/run.py runs it when present)._"
+    args = shlex.split(os.environ.get("BENCH_LOGS_ARGS", "-n 1 --mb 20 --mb10 5" if a.quick else ""))
+    say(f"logs: {' '.join(['bench/logs.py', *args])}")
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([PY, LOGS_BENCH, *args], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=_env_int("BENCH_LOGS_TIMEOUT", 3600))
+    except subprocess.TimeoutExpired:
+        return "_bench/logs.py did not finish within BENCH_LOGS_TIMEOUT: no log figures._"
+    took = time.monotonic() - t0
+    if p.returncode != 0:
+        tail = "\n".join((p.stderr or "").strip().splitlines()[-5:])
+        return f"_bench/logs.py failed (exit {p.returncode}); last lines of its stderr:_\n\n```\n{tail}\n```"
+    return (p.stdout.strip() + f"\n\n_From `bench/logs.py {' '.join(args)}` (its own run, {took:.0f} s, after the "
+            "figures above; see its docstring for the method)._")
+
+
+# --- cleanup: whatever a failure left, by the run's own names only -----------------------------------------------
+
+def _leftover_procs(base: str, prefix: str) -> list[psutil.Process]:
+    out = []
+    me = os.getpid()
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid == me:
+            continue
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            with open(f"/proc/{p.pid}/cgroup") as f:
+                cg = f.read()
+        except (OSError, psutil.Error):
+            continue
+        if base in cmd or f"/{prefix}-" in cg or f"/{prefix}/" in cg:
+            out.append(p)
+    return out
+
+
+def _leftover_cgroups(prefix: str) -> list[str]:
+    pats = [f"/sys/fs/cgroup/{pat}" for pat in (f"*/{prefix}-*", f"*/shimd/{prefix}-*", f"*/{prefix}", f"*/{prefix}/*",
+                                                  f"*/*/{prefix}-*", f"{prefix}-*", f"shimd/{prefix}-*", prefix,
+                                                  f"{prefix}/*")]
+    return sorted({d for pat in pats for d in glob.glob(pat) if os.path.isdir(d)}, key=len, reverse=True)
+
+
+def _leftover_mounts(base: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [ln.split()[4] for ln in f if base in ln.split()[4]]
+
+
+def leftovers(base: str, prefix: str) -> list[str]:
+    return ([f"process {p.pid} {' '.join(p.cmdline())}" for p in _leftover_procs(base, prefix)]
+            + [f"cgroup {d}" for d in _leftover_cgroups(prefix)] + [f"mount {m}" for m in _leftover_mounts(base)])
+
+
+def sweep(base: str, prefix: str) -> None:
+    procs = _leftover_procs(base, prefix)
+    for p in procs:
+        say(f"cleanup: SIGKILL leftover process {p.pid}")
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    for d in _leftover_cgroups(prefix):
+        try:
+            os.rmdir(d)
+        except OSError as e:
+            say(f"cleanup: rmdir {d}: {e}")
+    for m in sorted(_leftover_mounts(base), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+def _stop(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)  # cleanup runs in the finally blocks
+
+
+def measure(a: argparse.Namespace, base: str, prefix: str, started: float, out: dict) -> None:
+    shimd = Shimd(base, started)
+    out["systems"] = [shimd]
+    say("starting shimd")
+    shimd.start_daemon()
+    shimd.wait_serving()
+    shimd.run_true(f"{prefix}-warm")  # builds the busybox image
+    rootfs = os.path.join(shimd.root, "images", "busybox", "rootfs")
+    ctd = Containerd(base, rootfs, prefix, started)
+    out["systems"].append(ctd)
+    say("starting containerd")
+    ctd.start_daemon()
+    ctd.wait_serving()
+    ctd.run_true(f"{prefix}-warm")
+    runc = Runc(base, rootfs)
+    out["systems"].append(runc)
+    systems = [runc, shimd, ctd]
+    for kind in ("detached", "true"):
+        say(f"start: {kind}, {a.n} iterations")
+        t0 = time.monotonic()
+        out.setdefault("lat", {})[kind] = figures.cli_latency(systems, a.n, kind, prefix)
+        out.setdefault("took", {})[kind] = time.monotonic() - t0
+    say(f"start: API create+start, {a.n} iterations")
+    out["api"] = figures.api_start(shimd, runc, a.n, prefix)
+    say(f"exit latency: {a.exits} kills each")
+    out["exits"] = figures.exit_latency([shimd, ctd], a.exits, prefix)
+    t0 = time.monotonic()
+    out["mem"] = figures.memory_and_restore([shimd, ctd], a.containers, a.restores, prefix, a.settle)
+    out["took"]["mem"] = time.monotonic() - t0
+    if a.scale:
+        t0 = time.monotonic()
+        out["scale"] = figures.scale(shimd, a.scale, a.scale_restores, a.ps_iters, prefix, a.settle)
+        out["took"]["scale"] = time.monotonic() - t0
+        say(f"scale: took {out['took']['scale']:.0f}s")
+
+
+def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, took: float, load: tuple) -> str:
+    lines = ["# Benchmarks", ""]
+    if a.quick:
+        lines += ["**QUICK MODE (BENCH_QUICK=1): a check that the benchmark works. These numbers are not results.**",
+                  ""]
+    lines += [
+        f"Written by `make bench` (bench/run.py), started {began} UTC, took {took / 60:.1f} min. Machine: "
+        f"{m['cpus']} CPUs ({m['cpu']}), {m['mem']} memory, Linux {m['kernel']}, Python {m['python']}, "
+        f"runc {m['runc']}, containerd {m['containerd']}. shimd at commit {m['commit']}"
+        + (f" with uncommitted changes in {m['dirty']}" if m["dirty"] else "") + ".",
+        "",
+        f"**One run on a shared, noisy machine** (load average {load[0]:.2f} at the start, {load[1]:.2f} at the "
+        "end; other people's work runs beside it): only the ratios within this run mean much. Every figure is a "
+        f"median: {a.n} iterations per latency figure (the systems alternating within each iteration, the order "
+        f"rotating), {a.exits} kills for the exit latency, {a.containers} running containers per system for the "
+        f"memory figures and {a.restores} daemon restarts (alternating) for the restore figure"
+        + (f"; the scale part ran {a.scale} containers on shimd, with {a.ps_iters} `ps` calls and "
+           f"{a.scale_restores} restores" if a.scale else "; the scale part was skipped") + ".",
+        "",
+        "Bytecode: the benchmark first compiles the project with `python -m compileall` (and checks the venv's "
+        "packages) because these machines set `PYTHONDONTWRITEBYTECODE=1`"
+        + (f" (set here: `{m['pydontwrite']}`)" if m["pydontwrite"] else "")
+        + ", under which every Python process would otherwise compile shimd's modules at each start; a real "
+        "install has compiled bytecode.",
+        "",
+        "A ratio below 1 means shimd is faster or smaller. `-`: not applicable to that system.",
+        "",
+        "## Start and exit (goals 2 and 4)",
+        "",
+        *report.table(report.latency_rows(out["lat"], out["api"], out["exits"])),
+        "",
+        "The CLI is part of every CLI figure (`shimctl` is a Python process; `ctr` and `runc` are Go binaries). "
+        "shimd mounts an overlay per container; `ctr run --rootfs` and the runc bundle use the tree as it is. The "
+        "exit latency is measured from just before `kill(2)` to the moment the subscriber's line is read from its "
+        "stdout (`shimctl events --format json`; `ctr events`), each started before the container and shown "
+        "connected by the container's start event.",
+        "",
+        f"## Memory and restore with {a.containers} running containers each (goals 1 and 3)",
+        "",
+        *report.table(report.memory_rows(out["mem"], a.containers)),
+        "",
+        f"Monitors counted: shimd {out['mem']['shimd']['monitors']}, containerd "
+        f"{out['mem']['containerd']['monitors']}; both systems had their containers running at the same time. "
+        "The restore figure starts its clock at the SIGKILL and polls only once the new daemon has bound its "
+        "socket again (a client connecting to the stale socket would retry on its own timer: ZeroMQ's is 100 ms), "
+        "then as fast as answers come: shimd's `list` through the API from a client made then, containerd with "
+        "`ctr task ls` (a Go binary of a few ms, part of its figure). The manager's other processes are its "
+        "children that are not shims (the warm template): their pages are shared with the shims forked from them, "
+        "which is why PSS is reported.",
+        "",
+    ]
+    if "scale" in out:
+        sc = out["scale"]
+        lines += [f"## Scale: {sc['count']} containers running at once on shimd (goals 3 and 6)", "",
+                  *report.table(report.scale_rows(sc)), "",
+                  f"The scale part took {out['took']['scale']:.0f} s (skip it with BENCH_SCALE=0).", ""]
+    else:
+        lines += ["## Scale (goal 6)", "", "_Skipped in this run (BENCH_SCALE=0 or quick mode)._", ""]
+    lines += ["## Logs (goal 5)", "", logs, ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=20, help="iterations per latency figure")
-    ap.add_argument("--containers", type=int, default=20, help="running containers for the memory figures")
-    ap.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
-    a = ap.parse_args()
+    a = options()
     if os.geteuid() != 0:
         print("bench: run as root", file=sys.stderr)
         return 2
@@ -299,43 +296,46 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"bench: {tool} is not installed (apt-get install containerd runc)", file=sys.stderr)
             return 2
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    began, t_start, started = time.strftime("%Y-%m-%d %H:%M", time.gmtime()), time.monotonic(), time.time()
+    load0 = os.getloadavg()[0]
+    say("compiling bytecode")
+    compile_bytecode()
+    m = machine()
+    prefix = "bn" + secrets.token_hex(3)  # in every id, cgroup and namespace of this run
     base = tempfile.mkdtemp(prefix="shimd-bench-")
-    shimd = Shimd(base)
-    systems_started: list = []
-    runc = None
+    say(f"base {base}, ids {prefix}-*{' (QUICK MODE: numbers are not results)' if a.quick else ''}")
+    out: dict = {"systems": []}
+    ok = False
     try:
-        shimd.start_daemon()
-        systems_started.append(shimd)
-        _wait(lambda: shimd.listed_running() >= 0, 30, "the shimd manager to serve")
-        shimd.run_true("warmup")  # builds the busybox image
-        rootfs = os.path.join(shimd.root, "images", "busybox", "rootfs")
-        ctd = Containerd(base, rootfs)
-        ctd.start_daemon()
-        systems_started.append(ctd)
-        _wait(lambda: ctd.listed_running() >= 0, 30, "containerd to serve")
-        ctd.run_true("warmup")
-        runc = Runc(base, rootfs)
-        systems = [runc, shimd, ctd]
-        lat = {"true": _latency(systems, a.n, "true"), "detached": _latency(systems, a.n, "detached")}
-        mem = _memory([shimd, ctd], a.containers)
-        text = _report(lat, mem, a.n, a.containers)
-        with open(a.out, "w") as f:
-            f.write(text)
-        print(text)
-        return 0
+        measure(a, base, prefix, started, out)
+        ok = True
     finally:
-        for s in [*systems_started, *([runc] if runc else [])]:
-            for id in s.ids():  # whatever a failure left behind
-                try:
-                    s.remove(id)
-                except (RuntimeError, subprocess.SubprocessError) as e:
-                    print(f"bench: cleanup of {s.name} {id}: {e}", file=sys.stderr)
-        for s in systems_started:
-            if s.proc is not None and s.proc.poll() is None:
-                s.proc.send_signal(signal.SIGTERM)
-                s.proc.wait(30)
-        subprocess.run(["umount", "-R", base], capture_output=True)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        say("cleaning up")
+        for s in reversed(out["systems"]):
+            try:
+                s.cleanup()
+            except Exception as e:  # noqa: BLE001 - the other systems must still be cleaned
+                say(f"cleanup of {s.name}: {e}")
+        sweep(base, prefix)
+        left = leftovers(base, prefix)
+        for x in left:
+            say(f"cleanup: LEFT BEHIND: {x}")
+        if not left:
+            say("cleanup: nothing left behind (processes, cgroups, mounts of this run)")
         shutil.rmtree(base, ignore_errors=True)
+    if not ok:
+        return 1
+    logs = logs_table(a)
+    text = render(a, m, out, logs, began, time.monotonic() - t_start, (load0, os.getloadavg()[0]))
+    with open(a.out, "w") as f:
+        f.write(text)
+    print(text)
+    say(f"written to {a.out}")
+    return 0 if not left else 1
 
 
 if __name__ == "__main__":
