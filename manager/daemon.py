@@ -3,7 +3,8 @@
 Start-up order: refuse if another manager serves this state dir; bind the API socket; restore (reattach to every
 shim, finish or undo what a killed manager left half done); only then READY=1 with a STATUS line. WATCHDOG=1 pings
 at half the interval systemd asks for. SIGTERM/SIGINT: STOPPING=1, stop serving, exit 0, leaving every shim and
-container running (live-restore).
+container running (live-restore). The warm template (manager/launcher.py's Template) is started after restore,
+restarted whenever it dies, and killed on the way out (it dies with a SIGKILLed manager by its parent-death signal).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zmq.asyncio
 
 from shimproto.rpc import Server
 
+from . import launcher
 from .commands import handlers
 from .config import Config
 from .registry import Registry
@@ -83,6 +85,11 @@ async def serve(cfg: Config) -> int:
     if usec and usec.isdigit() and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
         tasks.append(asyncio.create_task(_watchdog(int(usec) / 2e6)))
     counts = await restore(m)
+    if os.environ.get(launcher.TEMPLATE_ENV, "1") != "0":
+        # after restore, which starts no shim: its imports would only slow the restore down; a create that comes
+        # while it starts waits for it (it is ready sooner than a cold shim would be)
+        launcher.template = launcher.Template()
+        launcher.template.begin()
     serving = asyncio.create_task(server.serve())
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
             f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "
@@ -92,6 +99,9 @@ async def serve(cfg: Config) -> int:
     _notify("STOPPING=1")
     log.info("stopping; containers and shims keep running")
     serving.cancel()
+    if launcher.template is not None:
+        await launcher.template.stop()
+        launcher.template = None
     for t in [*tasks, *m.tasks]:
         t.cancel()
     server.close()

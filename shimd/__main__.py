@@ -2,6 +2,7 @@
 
     shimd start --id ID --state DIR [--runtime runc] [--runtime-root DIR] [--ready-fd N]
     shimd delete --id ID --state DIR [--runtime runc] [--runtime-root DIR]
+    shimd template --control-fd N --parent PID      the warm fork server (shimd/template.py)
 
 `start` detaches (double fork, new session) and reports "ok <pid>" or "error <text>" on the ready fd once its API
 socket is bound. The daemon half is `serve()`, which a pre-imported parent may also call right after a fork.
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "start":
             p.add_argument("--ready-fd", type=int, default=None)
             p.add_argument("--debug", action="store_true")
+    t = sub.add_parser("template")
+    t.add_argument("--control-fd", type=int, required=True)
+    t.add_argument("--parent", type=int, required=True)
     return ap
 
 
@@ -134,6 +138,13 @@ def start(cfg: ShimConfig) -> int:
         return serve(cfg)
 
 
+def _start_forked(req: dict, ready_fd: int) -> int:
+    """`start` for a child of the template (shimd/template.py), from its request: the same config, the same path."""
+    return start(ShimConfig(id=req["id"], state_dir=os.path.abspath(req["state"]), runtime=req["runtime"],
+                            runtime_root=req.get("runtime_root") or None, ready_fd=ready_fd,
+                            debug=bool(req.get("debug"))))
+
+
 def delete(cfg: ShimConfig) -> int:
     """Clean up after a shim that is gone: force-delete the runtime's container, unmount, remove the state.
 
@@ -168,6 +179,10 @@ def delete(cfg: ShimConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.cmd == "template":
+        from .template import serve as template
+
+        return template(a.control_fd, a.parent, _start_forked)
     try:
         check_id(a.id)
     except Exception as e:

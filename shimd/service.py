@@ -17,6 +17,7 @@ from shimproto import errors as wire
 from shimproto.model import parse_signal
 from shimproto.plant import planted
 from shimproto.spec import ShimCreate
+from shimproto.version import PROTOCOL
 from shimproto.wire import MAX_MESSAGE, Params
 
 from .container import Container
@@ -74,7 +75,7 @@ class ShimService:
         return result
 
     async def ping(self, p: Params) -> dict:
-        return {"id": self.c.id}
+        return {"id": self.c.id, "protocol": PROTOCOL, "pid": os.getpid()}
 
     async def create(self, p: Params) -> dict:
         await self.c.create(ShimCreate.from_wire(p.raw))

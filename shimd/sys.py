@@ -168,3 +168,62 @@ def oom_eventfd_v1(memcg_dir: str) -> tuple[int, int]:
         os.close(ofd)
         raise
     return efd, ofd
+
+
+# --- the template (shimd/template.py): fork, parent death, a forked shim's command line -------------------------
+
+PR_SET_PDEATHSIG = 1
+PR_SET_MM = 35
+PR_SET_MM_MAP = 14
+_cmdline_keep: list = []  # the buffer a renamed process's /proc/<pid>/cmdline points at must live as long as it
+
+
+class _MMMap(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("start_code", "end_code", "start_data", "end_data", "start_brk",
+                                                "brk", "start_stack", "arg_start", "arg_end", "env_start",
+                                                "env_end", "auxv")] + \
+               [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+
+
+def fork() -> int:
+    """fork(2): 0 in the child, the child's pid in the parent. The caller must not hold threads or a zmq context."""
+    return os.fork()
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Be sent sig when the thread that started us exits (the template dies with its manager)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def ignore_child_exits() -> None:
+    """Let the kernel reap our children (SIGCHLD ignored): the template never waits, and never leaves a zombie."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def default_child_exits() -> None:
+    """Undo ignore_child_exits in a forked child: a shim's reaper must see its children's exits."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def set_cmdline(argv: list[str]) -> None:
+    """Make /proc/self/cmdline read argv (what a cold `python -m shimd start ...` shows), so everything that
+    finds a shim by its command line (the manager, `shimd delete`, ps) finds a forked one too.
+
+    prctl(PR_SET_MM_MAP) with the current layout and a new argument area: needs CAP_SYS_RESOURCE or
+    CAP_CHECKPOINT_RESTORE (Linux >= 5.9). Raises OSError when refused."""
+    data = b"\0".join(a.encode() for a in argv) + b"\0"
+    buf = ctypes.create_string_buffer(data, len(data))
+    with open("/proc/self/stat") as f:
+        st = f.read().rsplit(")", 1)[1].split()
+
+    def field(n: int) -> int:  # proc(5) numbering; st starts at field 3
+        return int(st[n - 3])
+
+    _libc.sbrk.restype = ctypes.c_void_p
+    _libc.sbrk.argtypes = [ctypes.c_ssize_t]
+    m = _MMMap(start_code=field(26), end_code=field(27), start_data=field(45), end_data=field(46),
+               start_brk=field(47), brk=_libc.sbrk(0) or field(47), start_stack=field(28),
+               arg_start=ctypes.addressof(buf), arg_end=ctypes.addressof(buf) + len(data),
+               env_start=field(50), env_end=field(51), auxv=0, auxv_size=0, exe_fd=0xFFFFFFFF)
+    _check(_libc.prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.addressof(m), ctypes.sizeof(m), 0), "prctl(PR_SET_MM_MAP)")
+    _cmdline_keep[:] = [buf]

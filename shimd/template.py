@@ -1,0 +1,136 @@
+"""The warm template: a process that has imported everything a shim needs and forks a shim per request.
+
+    python -m shimd template --control-fd N --parent PID
+
+The manager starts it with one end of a SOCK_SEQPACKET socketpair as --control-fd. The template imports the shim's
+modules (zmq, msgpack, asyncio, python-daemon, runtime, the shim itself), freezes what it holds out of the garbage
+collector's reach (gc.freeze: the collector would otherwise write to every object's header in each child and
+unshare the pages), writes "ready" and then serves requests: one datagram of JSON
+`{"id", "state", "runtime", "runtime_root", "debug"}` carrying the write end of the manager's ready pipe
+(SCM_RIGHTS). For each it forks a child that becomes a shim exactly as a cold `python -m shimd start` does: its
+command line is rewritten to the cold one (the manager, `shimd delete` and the tests find shims by it), then
+`shimd.__main__.start` (handed in, not imported: importing it again as shimd.__main__ cost 0.7 MiB per shim)
+daemonizes it (python-daemon: fork, setsid, fork; every other fd closed), and `serve` makes it subreaper, gives
+it its own mount namespace, binds its socket and reports "ok <pid>" on the pipe.
+
+What the template never does: create a thread, a zmq context or an event loop (a fork would copy them half-made),
+hold a socket or lock of the manager (it gets only the socketpair and, briefly, each ready pipe), wait on a
+process (SIGCHLD is ignored, so the kernel reaps each first child as it exits after its own fork: no zombie, and
+the shim package keeps its single waiter), or outlive its manager (parent-death signal SIGKILL). Closing the
+control socket stops it. Whatever it is doing when killed, a launch either completes (the child holds the pipe)
+or the manager sees the pipe's EOF with no report and starts that shim cold.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from shimproto.model import check_id
+from shimproto.version import TEMPLATE_CANNOT_RENAME
+
+MAX_REQUEST = 64 * 1024
+
+
+def preload() -> None:
+    """Import what a shim imports, so a forked child finds it done (and shares those pages with its siblings)."""
+    import asyncio  # noqa: F401
+    import asyncio.unix_events  # noqa: F401
+    import logging  # noqa: F401
+
+    import daemon  # noqa: F401
+    import msgpack  # noqa: F401
+    import psutil  # noqa: F401
+    import zmq  # noqa: F401
+    import zmq.asyncio  # noqa: F401
+
+    import runtime.errors  # noqa: F401
+    import runtime.opts  # noqa: F401
+    import runtime.runc  # noqa: F401
+    import shimproto.rpc  # noqa: F401
+    import shimproto.spec  # noqa: F401
+
+    from . import cgroup, container, etcfiles, keys, reaper, service, users  # noqa: F401
+    from .io import console, fifo, log, stdio  # noqa: F401
+    from .process import context, process  # noqa: F401
+
+
+def _cold_argv(req: dict, ready_fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "shimd", "start", "--id", req["id"], "--state", req["state"],
+            "--runtime", req["runtime"]]
+    if req.get("runtime_root"):
+        argv += ["--runtime-root", req["runtime_root"]]
+    argv += ["--ready-fd", str(ready_fd)]
+    return argv + (["--debug"] if req.get("debug") else [])
+
+
+def _become_shim(ctl: socket.socket, req: dict, ready_fd: int, start: Callable[[dict, int], int]) -> None:
+    """In the forked child: turn into what `python -m shimd start` would be, then run its code. Never returns."""
+    code = 1
+    try:
+        ctl.close()
+        from . import sys as _sys
+
+        _sys.default_child_exits()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        check_id(req["id"])
+        argv = _cold_argv(req, ready_fd)
+        _sys.set_cmdline(argv)
+        sys.argv = argv[2:]
+        code = start(req, ready_fd)
+    except BaseException as e:  # noqa: B036 - the child must never return into the template's loop
+        try:
+            os.write(ready_fd, f"error template child: {type(e).__name__}: {e}\n".encode())
+        except BaseException:  # noqa: B036
+            pass
+    finally:
+        os._exit(code)
+
+
+def serve(ctl_fd: int, parent: int, start: Callable[[dict, int], int]) -> int:
+    """Serve fork requests on ctl_fd until it closes; start(request, ready_fd) is the cold shim's start, handed in
+    by shimd/__main__.py (the module `python -m shimd` runs: importing it again here would load a second copy)."""
+    from . import sys as _sys
+
+    _sys.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # the manager died before the death signal was armed
+        return 0
+    ctl = socket.socket(fileno=ctl_fd)
+    try:
+        _sys.set_cmdline([sys.executable, "-m", "shimd", "template", "--control-fd", str(ctl_fd),
+                          "--parent", str(parent)])
+    except OSError as e:
+        ctl.send(f"error {e}".encode())
+        return TEMPLATE_CANNOT_RENAME
+    preload()
+    _sys.ignore_child_exits()
+    gc.collect()
+    gc.freeze()
+    ctl.send(b"ready")
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctl, MAX_REQUEST, 4)
+        except ConnectionError:
+            return 0
+        if not msg:  # the manager closed its end: stop
+            for fd in fds:
+                os.close(fd)
+            return 0
+        try:
+            req = json.loads(msg)
+            ok = isinstance(req, dict) and len(fds) == 1 and all(isinstance(req.get(k), str)
+                                                                 for k in ("id", "state", "runtime"))
+        except ValueError:
+            ok = False
+        try:
+            if ok and _sys.fork() == 0:
+                _become_shim(ctl, req, fds[0], start)
+        except OSError:  # EAGAIN, ENOMEM: the pipe's EOF tells the manager, which starts this one cold
+            pass
+        for fd in fds:  # ours closes at once: only the child holds the pipe now, so its death reads as EOF
+            os.close(fd)
