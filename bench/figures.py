@@ -152,6 +152,7 @@ def memory(system, expect: int) -> dict:
         "uss_sum": sum(i.uss for i in infos), "pss_sum": sum(i.pss for i in infos),
         "threads": median(_threads(mons)),
         "daemon_rss": psutil.Process(system.daemon_pid()).memory_info().rss,
+        "daemon_fds": len(os.listdir(f"/proc/{system.daemon_pid()}/fd")),
         "helpers": len(hinfos), "helpers_rss": sum(i.rss for i in hinfos), "helpers_uss": sum(i.uss for i in hinfos),
         "helpers_pss": sum(i.pss for i in hinfos),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from util import MiB, median
@@ -73,6 +74,7 @@ def memory_rows(mem: dict, count: int) -> list[Row]:
             s["pss_sum"] + s["helpers_pss"], c["pss_sum"], "MiB", "reported"),
         Row("threads per shim, median", None, s["threads"], c["threads"], "", ""),
         Row("daemon RSS (shimd manager; containerd)", None, s["daemon_rss"], c["daemon_rss"], "MiB", "reported"),
+        Row("daemon open file descriptors", None, s["daemon_fds"], c["daemon_fds"], "", ""),
     ]
     if s["helpers"]:
         rows.append(Row(f"USS of the manager's other processes ({s['helpers']}: the warm template; RSS "
@@ -94,6 +96,8 @@ def scale_rows(sc: dict) -> list[Row]:
         Row("USS per shim, median", None, mem["uss"], None, "MiB", ""),
         Row("PSS per shim, median", None, mem["pss"], None, "MiB", ""),
         Row("manager RSS", None, mem["daemon_rss"], None, "MiB", "reported"),
+        Row("manager open file descriptors", None, mem["daemon_fds"],
+            None, "", ""),
         Row(f"daemon SIGKILL + start until all {n} are listed running", None, median(sc["restore"]), None, "ms",
             "< 1 s"),
         Row(f"create+start all {n} through the API ({sc['workers']} clients at once), wall time", None,
@@ -101,3 +105,20 @@ def scale_rows(sc: dict) -> list[Row]:
         Row(f"delete all {n} through the API ({sc['workers']} clients at once), wall time", None, sc["remove_all"],
             None, "s", ""),
     ]
+
+
+def spread(lat: dict, api: dict, exits: dict) -> list[str]:
+    """min / quartiles / max of every latency figure's samples, in ms: how noisy the run was."""
+    out = ["| samples (ms): min / p25 / median / p75 / max | runc alone | shimd | containerd |", "|---|---|---|---|"]
+    for label, d in (("`run -d`", lat["detached"]), ("`run --rm true`", lat["true"]), ("API create+start", api),
+                     ("kill -9 to exit event", exits)):
+        cells = []
+        for k in ("runc", "shimd", "containerd"):
+            xs = sorted(d.get(k, []))
+            if not xs:
+                cells.append("-")
+                continue
+            q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+            cells.append(" / ".join(f"{v * 1000:.1f}" for v in (xs[0], q[0], q[1], q[2], xs[-1])))
+        out.append(f"| {label} ({len(next(iter(d.values()), []))} each) | " + " | ".join(cells) + " |")
+    return out

@@ -262,6 +262,8 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
         "stdout (`shimctl events --format json`; `ctr events`), each started before the container and shown "
         "connected by the container's start event.",
         "",
+        *report.spread(out["lat"], out["api"], out["exits"]),
+        "",
         f"## Memory and restore with {a.containers} running containers each (goals 1 and 3)",
         "",
         *report.table(report.memory_rows(out["mem"], a.containers)),
