@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from shimproto.errors import Internal, Unavailable
 from shimproto.model import ExitStatus
@@ -199,7 +200,11 @@ async def _launch_warm(t: Template, id: str, state_dir: str, runtime: str, runti
     its write end, so no shim of this launch runs or ever will)."""
     r, w = os.pipe()
     try:
-        sent = t.request({"id": id, "state": state_dir, "runtime": runtime, "runtime_root": runtime_root}, w)
+        # not_after (CLOCK_MONOTONIC, shared by all processes): the template drops a request it reads later,
+        # when we may already have given up and rolled the create back; what it forks by then has half of
+        # READY_TIMEOUT left to report
+        sent = t.request({"id": id, "state": state_dir, "runtime": runtime, "runtime_root": runtime_root,
+                          "not_after": time.monotonic() + READY_TIMEOUT / 2}, w)
         os.close(w)
         w = -1
         if not sent:

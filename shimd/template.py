@@ -6,7 +6,7 @@ The manager starts it with one end of a SOCK_SEQPACKET socketpair as --control-f
 modules (zmq, msgpack, asyncio, python-daemon, runtime, the shim itself), freezes what it holds out of the garbage
 collector's reach (gc.freeze: the collector would otherwise write to every object's header in each child and
 unshare the pages), writes "ready" and then serves requests: one datagram of JSON
-`{"id", "state", "runtime", "runtime_root", "debug"}` carrying the write end of the manager's ready pipe
+`{"id", "state", "runtime", "runtime_root", "debug", "not_after"}` carrying the write end of the manager's ready pipe
 (SCM_RIGHTS). For each it forks a child that becomes a shim exactly as a cold `python -m shimd start` does: its
 command line is rewritten to the cold one (the manager, `shimd delete` and the tests find shims by it), then
 `shimd.__main__.start` (handed in, not imported: importing it again as shimd.__main__ cost 0.7 MiB per shim)
@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 from shimproto.model import check_id
@@ -125,7 +126,10 @@ def serve(ctl_fd: int, parent: int, start: Callable[[dict, int], int]) -> int:
             req = json.loads(msg)
             ok = isinstance(req, dict) and len(fds) == 1 and all(isinstance(req.get(k), str)
                                                                  for k in ("id", "state", "runtime"))
-        except ValueError:
+            # a request that waited past its deadline (we were stopped or starved) is one the manager has given
+            # up on and rolled back: a shim forked now would serve a removed container
+            ok = ok and time.monotonic() < float(req.get("not_after", "inf"))
+        except (ValueError, TypeError):
             ok = False
         try:
             if ok and _sys.fork() == 0:

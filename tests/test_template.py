@@ -186,3 +186,19 @@ def test_a_clean_stop_kills_the_template_and_leaves_the_shims(env):
     env.start_manager()
     assert env.inspect(id)["status"] == "running"
     env.ok("rm", "-f", id)
+
+
+def test_a_request_the_template_reads_after_the_manager_gave_up_forks_no_shim(env):
+    t = template_pid(env)
+    os.kill(t, signal.SIGSTOP)  # starved past the launch's deadline
+    late = env.name("late")
+    r = env.ctl("run", "-d", "--name", late, "busybox", "sleep", "1000")
+    assert r.rc == 125 and "did not report ready" in r.err, r.err
+    os.kill(t, signal.SIGCONT)
+    after = env.name("after")  # read after the stale request: when this one runs, the stale one was dropped
+    env.ok("run", "-d", "--name", after, "busybox", "sleep", "1000")
+    assert shared_dirty_kib(env.inspect(after)["shim_pid"]) > 2048
+    assert [c["id"] for c in env.ok("ps", "-a", "--format", "json").json()] == [after]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if late in (p.info["cmdline"] or [])]
+    assert ping(env)["template"] == t
+    env.ok("rm", "-f", after)
