@@ -95,19 +95,14 @@ def shared_root():
 
 def session_leftovers() -> list[str]:
     """Everything of this session's tests still alive, mounted or in a cgroup: leaks.left_behind of every base
-    dir of the session with nothing listed, zombies of pytest's tree and its subreaper since the session began."""
+    dir of the session with nothing listed (the ids of removed base dirs remembered from their teardown), and
+    zombies of pytest's tree and its subreaper since the session began. Files inside a base dir are left out: a
+    failed test's base dir is kept for its logs, and its test has failed already."""
     problems: list[str] = []
     for base in _bases:
-        ids = _ids.get(base, set()) | leaks.container_ids(base, tag_of(base))
-        listing = leaks.Listing()
-        found = leaks.left_behind(base, listing, since=_session_start, tag=tag_of(base))
+        found = leaks.left_behind(base, leaks.Listing(), _session_start, tag_of(base),
+                                  frozenset(_ids.get(base, ())), files=False)
         problems += [p if p.startswith("zombie") else f"{base}: {p}" for p in found]
-        for h in leaks.hierarchies():  # ids of removed bases are no longer found on disk
-            problems += [f"cgroup left: {h}/shimd/{id}" for id in sorted(ids)
-                         if os.path.isdir(os.path.join(h, "shimd", id))]
-        table = leaks.proc_table()
-        problems += [f"container process left: {p.pid} {p.cmd} (in cgroup of {sorted(leaks.cgroup_ids(p) & ids)})"
-                     for p in table.values() if not p.zombie and leaks.cgroup_ids(p) & ids]
     problems += [z for _, z in leaks.tree_zombies(leaks.proc_table(), _session_start)]
     return sorted(set(problems))
 

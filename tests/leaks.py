@@ -339,11 +339,14 @@ def _files(s: Scan) -> list[str]:
     return out
 
 
-def left_behind(base: str, listing: Listing, since: int = 0, tag: str = "") -> list[str]:
+def left_behind(base: str, listing: Listing, since: int = 0, tag: str = "", known: frozenset[str] = frozenset(),
+                files: bool = True) -> list[str]:
     """Everything of the test under base that the rule above calls a leak, given what may be left (listing).
-    Zombies of pytest's tree and of its subreaper count only when started at or after `since` (boot ticks)."""
-    s = Scan(base, listing, proc_table(), container_ids(base, tag) | set(listing.containers))
-    return _processes(s) + _zombies(s, since) + _mounts(s) + _cgroups(s) + _files(s)
+    Zombies of pytest's tree and of its subreaper count only when started at or after `since` (boot ticks);
+    `known` adds container ids found earlier (a removed base dir no longer tells them); files=False leaves out
+    what lives inside the base dir (runtime state, shim state, container files)."""
+    s = Scan(base, listing, proc_table(), container_ids(base, tag) | set(listing.containers) | known)
+    return _processes(s) + _zombies(s, since) + _mounts(s) + _cgroups(s) + (_files(s) if files else [])
 
 
 def check(base: str, listing: Listing, since: int = 0, tag: str = "", settle: float = 3.0) -> list[str]:
