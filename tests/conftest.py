@@ -22,6 +22,7 @@ from tests.harness import Env, new_env, remove_base, tag_of
 
 _bases: list[str] = []
 _ids: dict[str, set[str]] = {}  # base -> its container ids, kept after the base dir is removed
+_managers: dict[str, set[int]] = {}  # base -> the pids of its managers (their shim templates are its own)
 _session_start = leaks.boot_ticks()
 
 
@@ -65,6 +66,7 @@ def _managed_env(request: pytest.FixtureRequest, start: bool):
     _dump_logs(request, e)
     problems = e.cleanup()
     _ids[e.base] = e.ids
+    _managers[e.base] = e.managers
     if problems:
         pytest.fail("test left things behind:\n  " + "\n  ".join(problems), pytrace=False)
     remove_base(e.base)
@@ -100,8 +102,9 @@ def session_leftovers() -> list[str]:
     failed test's base dir is kept for its logs, and its test has failed already."""
     problems: list[str] = []
     for base in _bases:
-        found = leaks.left_behind(base, leaks.Listing(), _session_start, tag_of(base),
-                                  frozenset(_ids.get(base, ())), files=False)
+        listing = leaks.Listing(managers=_managers.get(base, set()))
+        found = leaks.left_behind(base, listing, _session_start, tag_of(base), frozenset(_ids.get(base, ())),
+                                  files=False)
         problems += [p if p.startswith("zombie") else f"{base}: {p}" for p in found]
     problems += [z for _, z in leaks.tree_zombies(leaks.proc_table(), _session_start)]
     return sorted(set(problems))

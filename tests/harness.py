@@ -69,6 +69,7 @@ class Env(Cli):
     log_files: list[str] = field(default_factory=list)
     since: int = field(default_factory=leaks.boot_ticks)  # when the test began, for zombies of pytest's tree
     ids: set[str] = field(default_factory=set)  # every container id of the test, known after cleanup()
+    managers: set[int] = field(default_factory=set)  # pids of every manager the test ran
 
     @property
     def root(self) -> str:
@@ -91,6 +92,7 @@ class Env(Cli):
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **(env or {})}, cwd=REPO)
+        self.managers.add(self.proc.pid)
         wait_for(lambda: self._serving() or self._died(), 30, "the manager to serve")
         assert self.proc.poll() is None, f"manager exited: {self.manager_log()}"
 
@@ -146,17 +148,19 @@ class Env(Cli):
         from shimproto.client import Client
 
         if pid := self.manager_pid():
+            self.managers.add(pid)
             c = Client(self.sock, timeout=15)
             try:
                 entries = c.call("list", {"all": True}, idempotent=True)
                 return leaks.Listing({x["id"]: {"status": x["status"], "shim_pid": x["shim_pid"]}
-                                      for x in entries}, pid)  # type: ignore[union-attr]
+                                      for x in entries}, pid, self.managers)  # type: ignore[union-attr]
             except Exception:
                 pass
             finally:
                 c.close()
         return leaks.Listing({id: {"status": "unknown", "shim_pid": None} for id in self.container_ids_on_disk()
-                              if os.path.exists(os.path.join(self.root, "containers", id, "meta.json"))})
+                              if os.path.exists(os.path.join(self.root, "containers", id, "meta.json"))},
+                             managers=self.managers)
 
     def left_behind(self, settle: float = 3.0) -> list[str]:
         """What the test left that the manager does not account for, looked at before anything is cleaned."""
@@ -188,8 +192,9 @@ class Env(Cli):
         except AssertionError:
             pass  # the check below names them
         ids |= leaks.container_ids(self.base, self.tag)
-        problems += [f"after rm -f: {p}" for p in leaks.check(self.base, leaks.Listing(), self.since, self.tag)]
-        leaks.purge(self.base, ids)
+        after = leaks.Listing(managers=self.managers)
+        problems += [f"after rm -f: {p}" for p in leaks.check(self.base, after, self.since, self.tag)]
+        leaks.purge(self.base, ids, self.managers)
         self.ids = ids
         return problems
 

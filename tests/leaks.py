@@ -9,6 +9,7 @@ and shim state, and its overlay at <state>/shims/<id>/bundle/rootfs inside its s
 other thing of the test is a leak:
 - a live process whose command line names the base dir, other than the manager (the pid in shimd.pid) and the
   listed shims: a shim the manager does not list, a second manager, a runc call that does not end, a client;
+  and the shim template (`shimd template --parent PID`) of a manager of the test other than the live one;
 - a process in the cgroup /shimd/<id> of a container of the test that is not listed as created, running or
   paused, found by cgroup membership whatever its parent chain; and any process below an unlisted shim;
 - a zombie that is a shim of the test (shim.pid, or the listing's shim_pid), or the child of the manager, of a
@@ -114,6 +115,13 @@ def is_manager(p: Proc, base: str) -> bool:
     return "manager" in p.argv and mentions(p, base)
 
 
+def template_of(p: Proc) -> int:
+    """The manager pid a `shimd template --parent PID` serves (0: not a template)."""
+    if "template" in p.argv and any(a.endswith("shimd") for a in p.argv) and p.opt("--parent").isdigit():
+        return int(p.opt("--parent"))
+    return 0
+
+
 def cgroup_ids(p: Proc) -> set[str]:
     return {m.group(1) for path in p.cgroups for m in [re.search(r"/shimd/([^/]+)", path)] if m}
 
@@ -176,9 +184,10 @@ def container_ids(base: str, tag: str = "") -> set[str]:
 @dataclass
 class Listing:
     """The containers a test may leave: id -> {status, shim_pid (None when not known)}, and the manager's pid (0:
-    none running)."""
+    none running), which may keep its shim template."""
     containers: dict[str, dict] = field(default_factory=dict)
     manager_pid: int = 0
+    managers: set[int] = field(default_factory=set)  # every manager the test ran: their templates are the test's
 
 
 def shim_pids_recorded(base: str) -> dict[int, str]:
@@ -264,6 +273,10 @@ def _processes(s: Scan) -> list[str]:
             s.ours[p.pid] = "manager"
             if p.pid != s.listing.manager_pid:
                 s.leaked[p.pid] = "not the manager serving the test's socket"
+        elif (parent := template_of(p)) and parent in s.listing.managers | {s.listing.manager_pid} - {0}:
+            s.ours[p.pid] = f"shim template of manager {parent}"
+            if parent != s.listing.manager_pid:
+                s.leaked[p.pid] = f"shim template of manager {parent}, which is gone"
         elif mentions(p, s.base):
             s.ours[p.pid] = s.leaked[p.pid] = "names the test's base dir"
         elif cids := cgroup_ids(p) & s.ids:
@@ -360,15 +373,16 @@ def check(base: str, listing: Listing, since: int = 0, tag: str = "", settle: fl
         time.sleep(0.2)
 
 
-def purge(base: str, ids: set[str]) -> None:
+def purge(base: str, ids: set[str], managers: frozenset[int] | set[int] = frozenset()) -> None:
     """Remove whatever the check found, so one test's leak does not become the next test's: kill the test's
-    processes (by base dir, by cgroup, below its shims), unmount under base in this namespace, delete the
-    runtime's containers, remove the cgroups."""
+    processes (by base dir, by cgroup, below its shims, its managers' templates), unmount under base in this
+    namespace, delete the runtime's containers, remove the cgroups."""
     table = proc_table()
     mine = {os.getpid(), *ancestors(table, os.getpid())}
     shims = {p.pid for p in table.values() if shim_id(p, base) is not None}
     victims = [p.pid for p in table.values() if p.pid not in mine and not p.zombie and (
-        mentions(p, base) or cgroup_ids(p) & ids or set(ancestors(table, p.pid)) & shims)]
+        mentions(p, base) or cgroup_ids(p) & ids or set(ancestors(table, p.pid)) & shims
+        or template_of(p) in managers)]
     for pid in victims:
         for sig in (signal.SIGKILL, signal.SIGCONT):
             try:

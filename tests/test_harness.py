@@ -100,6 +100,22 @@ def test_a_zombie_under_a_shim_is_named_though_the_shim_is_not_below_pytest():
             os.kill(shim, signal.SIGCONT)
 
 
+def test_a_shim_template_that_outlives_its_manager_is_named():
+    with planted_env() as e:
+        dead = e.proc.pid
+        e.kill_manager()
+        # the shape of a template that missed both its death signal and its socket's EOF
+        fake = subprocess.Popen([PY, "-c", "import time; time.sleep(1000)", "-m", "shimd", "template",
+                                 "--control-fd", "9", "--parent", str(dead)])
+        try:
+            found = e.left_behind(settle=0.5)
+            assert any(f.startswith(f"process left: {fake.pid} ") and f"manager {dead}, which is gone" in f
+                       for f in found), found
+        finally:
+            fake.kill()
+            fake.wait()
+
+
 NO_REAPER = """
 import ctypes, json, os, sys, time
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, and never wait
