@@ -82,7 +82,7 @@ def _become_shim(ctl: socket.socket, req: dict, ready_fd: int, start: Callable[[
         check_id(req["id"])
         argv = _cold_argv(req, ready_fd)
         _sys.set_cmdline(argv)
-        sys.argv = argv[2:]
+        sys.argv = [sys.argv[0], *argv[3:]]  # what `python -m shimd start ...` has: __main__.py's path, then args
         code = start(req, ready_fd)
     except BaseException as e:  # noqa: B036 - the child must never return into the template's loop
         try:
