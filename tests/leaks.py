@@ -160,7 +160,9 @@ def _listdir(path: str) -> list[str]:
 def hierarchies() -> list[str]:
     """Mount points of every cgroup hierarchy (v1 controllers, named v1 hierarchies, v2) under /sys/fs/cgroup."""
     out = []
-    for line in open("/proc/self/mountinfo"):
+    with open("/proc/self/mountinfo") as f:
+        lines = f.readlines()
+    for line in lines:
         left, _, right = line.partition(" - ")
         mp = unescape(left.split()[4])
         if right.split()[0] in ("cgroup", "cgroup2") and (mp == CGROUP_ROOT or mp.startswith(CGROUP_ROOT + "/")):
@@ -194,7 +196,8 @@ def shim_pids_recorded(base: str) -> dict[int, str]:
     out = {}
     for id in _listdir(os.path.join(base, "state", "shims")):
         try:
-            out[int(open(os.path.join(base, "state", "shims", id, "shim.pid")).read().strip())] = id
+            with open(os.path.join(base, "state", "shims", id, "shim.pid")) as f:
+                out[int(f.read().strip())] = id
         except (OSError, ValueError):
             pass
     return out
@@ -268,7 +271,7 @@ def _processes(s: Scan) -> list[str]:
             if sid not in listed:
                 s.leaked[p.pid] = f"the manager does not list {sid}"
             elif want not in (None, p.pid):
-                s.leaked[p.pid] = f"the manager lists {sid} with shim pid {want}"
+                s.leaked[p.pid] = f"the manager lists {sid} " + (f"with shim pid {want}" if want else "as lost")
         elif is_manager(p, s.base):
             s.ours[p.pid] = "manager"
             if p.pid != s.listing.manager_pid:
@@ -310,7 +313,7 @@ def _zombies(s: Scan, since: int) -> list[str]:
             continue
         parent = s.table.get(z.ppid)
         pdesc = f"{z.ppid} {parent.cmd}" if parent else str(z.ppid)
-        if z.pid in recorded:
+        if z.pid in recorded and z.start >= since:  # a pid file outlives its shim; its pid may be reused
             out.append(f"zombie {z.pid} is the shim of {recorded[z.pid]} (parent {pdesc})")
         elif z.ppid in s.ours and z.ppid not in workloads:
             out.append(f"zombie {z.pid} ({z.comm}) child of {pdesc} ({s.ours[z.ppid]})")
