@@ -1,17 +1,33 @@
 """The chaos harness: a seeded, concurrent workload (run, exec, attach, kill, stop, rm; containers that log numbered
 lines; containers that exit on their own with codes the harness chose) while the manager and shims are SIGKILLed, the
 runtime fails or hangs, and the deterministic fault points fire. After every round the invariants are checked, one
-function each in tests/chaos/invariants.py:
+function each in tests/chaos/invariants.py; every finding starts with its invariant's name:
 
-- every container that should run still runs, with the same PID;
-- every exit is reported exactly once, with a code the container could have exited with (its own code, 128 +
-  a signal the harness sent, 255 "shim-lost" when the harness killed its shim); a detached exec's with its own;
-- every container ever created is fully there or fully gone (metadata, shim dir, shim process, runtime state);
-- no zombie, no leaked shim, container process or mount; no growth of a shim's file descriptors;
-- each numbered log holds every line once, in order (losses are counted only when the log reports dropped bytes).
+- keeps-running: every container that should run still runs, with the same PID, a child of its shim;
+- listed-status: every listed container is running or stopped (created only when its create's answer was lost);
+- exit-once: every exit is reported exactly once (a container whose init is gone is not left running), with a code
+  the container could have exited with (its own code, 128 + a signal the harness sent, 255 "shim-lost" when the
+  harness killed its shim), the same in the event and in inspect;
+- exec-code: a detached exec whose call was answered exits with its own code (137 only if its container was killed);
+- all-or-nothing: every container ever created is fully there or fully gone: a created one stays listed until
+  removed, a failed create leaves nothing listed; one not listed has no metadata, shim dir, shim process, runtime
+  state, cgroup (any v1 hierarchy, or v2) or process in its cgroups; a stopped one has no process in its cgroups;
+- no-leftovers: no zombie of a shim or of the harness, no shim of an unlisted container, no mount under the
+  test's dirs; no growth of a shim's file descriptors;
+- log-lines: each numbered log holds every line once, in order (losses are counted only when the log reports
+  dropped bytes);
+- attach-lines: an attach prints the counter's lines, consecutive, at least one, nothing on stderr, and exits with
+  the container's code when it ends on its own;
+- fault-point: an armed fault point is reached (the manager dies there).
+
+Every one of them has a planted-bug test (tests/chaos/test_planted.py: SHIMD_PLANT=<bug> makes the system
+misbehave in one way, and the test shows the check then fails naming the invariant), except listed-status (no
+planted bug leaves a container paused or created yet) and fault-point (its test is the CI round itself, which fails
+when a point is not reached).
 
 A finding is recorded when a view first shows it; only views that trail reality are taken again (see invariants.py).
-The operations live in tests/chaos/ops.py.
+Each manager SIGKILL is counted as one that landed with operations in flight, one at a fault point, or one of an
+idle manager. The operations live in tests/chaos/ops.py.
 """
 
 from __future__ import annotations
@@ -19,10 +35,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from tests.chaos import invariants
 from tests.chaos.ops import Box, Ops, Stats
@@ -33,11 +52,16 @@ SLAVE = ["unshare", "--mount", "--propagation", "slave", "--"]
 FLAKY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flaky-runtime")
 SETTLE = 10.0  # seconds an eventually consistent view is given to settle
 SETTLE_POLL = 0.25
+EVIDENCE = "/tmp/shimd-chaos-evidence"  # <seed>-<n>/: a finding and the logs it names, kept past the test
+KILL_AFTER = 1.2  # seconds: the kill lands up to this long after the operations began
 
 
 class Chaos(Ops):
-    def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False) -> None:
+    def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False, plant: str = "",
+                 settle: float = SETTLE) -> None:
         self.disk_full = disk_full
+        self.plant = plant  # SHIMD_PLANT for the managers started here (and so for their shims)
+        self.settle = settle
         self.env = env
         self.rng = random.Random(seed)
         self.stats = Stats(seed=seed)
@@ -59,6 +83,7 @@ class Chaos(Ops):
         self.lines: dict[str, int] = {}  # per counter: lines found in its log
         self.exited: set[str] = set()  # containers whose exit was checked
         self.protected: set[str] = set()  # containers the random operations leave alone
+        self.active = 0  # operations under way (started and not finished)
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -67,7 +92,7 @@ class Chaos(Ops):
             f.write(f"{fail_pct} {hang_pct} {hang_s}\n")
 
     def start(self, slave: bool = False, fault: str = "", expect_death: bool = False) -> bool:
-        env = {"SHIMD_CHAOS_RUNTIME_CTL": self.ctl_file}
+        env = {"SHIMD_CHAOS_RUNTIME_CTL": self.ctl_file, "SHIMD_PLANT": self.plant}
         if fault:
             env["SHIMD_FAULTS"] = fault
         if expect_death:  # dies during restore: do not wait for it to serve
@@ -78,7 +103,7 @@ class Chaos(Ops):
                                      stderr=subprocess.STDOUT, env={**os.environ, **env})
             rc = p.wait(60)
             if rc != -signal.SIGKILL:
-                self.violation(f"manager with fault {fault} exited {rc} instead of dying at the point")
+                self.violation(f"fault-point: manager with fault {fault} exited {rc} instead of dying at the point")
             return rc == -signal.SIGKILL
         self.env.start_manager("--config", self.config, wrap=SLAVE if slave else None, env=env)
         if slave:
@@ -86,16 +111,55 @@ class Chaos(Ops):
         return True
 
     def kill_manager(self) -> None:
+        """SIGKILL the manager, counted by what was under way when it landed."""
         if self.env.proc is not None:
+            with self.lock:
+                in_flight = self.active > 0
             self.env.kill_manager(signal.SIGKILL)
             self.stats.manager_kills += 1
+            if in_flight:
+                self.stats.kills_in_flight += 1
+            else:
+                self.stats.kills_idle += 1
 
     def violation(self, what: str) -> None:
-        """Record a finding at once (a finding seen again in a later view or round is not counted twice)."""
+        """Record a finding at once (a finding seen again in a later view or round is not counted twice), and
+        keep the logs of the containers it names and of the manager (the test's dir is removed at its end)."""
         with self.lock:
-            if what not in self.recorded:
-                self.recorded.add(what)
-                self.stats.violations.append(f"round {self.stats.rounds}: {what}")
+            if what in self.recorded:
+                return
+            self.recorded.add(what)
+            self.stats.violations.append(f"round {self.stats.rounds}: {what}")
+            n = len(self.stats.violations)
+        if not self.plant and self.env.log_files:  # (not for planted bugs, nor made-up views)
+            self.keep_evidence(n, what)
+
+    def keep_evidence(self, n: int, what: str) -> None:
+        dest = os.path.join(EVIDENCE, f"{self.stats.seed}-{n}")
+        os.makedirs(dest, exist_ok=True)
+        with open(os.path.join(dest, "finding"), "w") as f:
+            f.write(what + "\n")
+        ids = set(re.findall(re.escape(self.env.tag) + r"-\d+", what))
+        for path in [*self.env.log_files[-3:], *(os.path.join(self.env.state, "shims", id, "shim.log") for id in ids)]:
+            try:
+                shutil.copy(path, os.path.join(dest, os.path.basename(os.path.dirname(path)) + "-" +
+                                               os.path.basename(path)))
+            except OSError:
+                pass
+
+    def count(self, invariant: str, n: int = 1) -> None:
+        with self.lock:
+            self.stats.checked[invariant] = self.stats.checked.get(invariant, 0) + n
+
+    def tracked(self, op: Callable[[], object]) -> None:
+        """Run op, counted as under way meanwhile (what kill_manager looks at)."""
+        with self.lock:
+            self.active += 1
+        try:
+            op()
+        finally:
+            with self.lock:
+                self.active -= 1
 
     # --- rounds --------------------------------------------------------------------------------------------
 
@@ -113,10 +177,14 @@ class Chaos(Ops):
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
             choices = [self.op_rm if c == self.op_run else c for c in choices]
         ops = [rng.choice(choices) for _ in range(rng.randint(2, 5))]
-        threads = [threading.Thread(target=op) for op in ops]
+        threads = [threading.Thread(target=self.tracked, args=(op,)) for op in ops]
         for t in threads:
             t.start()
-        time.sleep(rng.uniform(0.0, 1.2))
+        # the kill lands at a random moment, or as the last operation still under way is left alone (many take
+        # milliseconds: a kill after them would hit an idle manager and test nothing of them)
+        deadline = time.monotonic() + rng.uniform(0.02, KILL_AFTER)
+        while time.monotonic() < deadline and self.active > 1:
+            time.sleep(0.005)
         self.kill_manager()
         if rng.random() < 0.15:
             self.kill_a_shim()
@@ -159,12 +227,16 @@ class Chaos(Ops):
                 rc = None
             reached = rc == -signal.SIGKILL
             if not reached:
-                self.violation(f"fault point {point} was not reached (manager: {rc})")
+                self.violation(f"fault-point: {point} was not reached (manager: {rc})")
                 self.env.kill_manager(signal.SIGKILL)
             self.env.proc = None
         if reached:
             self.stats.fault_points[point] = self.stats.fault_points.get(point, 0) + 1
-        self.stats.manager_kills += 1
+            self.stats.kills_at_fault_points += 1
+            self.stats.manager_kills += 1
+        elif op != "restore":  # the harness killed it, its operation under way
+            self.stats.kills_in_flight += 1
+            self.stats.manager_kills += 1
         self.start()
         if op != "restore":
             worker.join(120)  # its call, sent again to this manager, gets its answer
@@ -179,7 +251,7 @@ class Chaos(Ops):
         c = self.client()
         try:
             invariants.exec_exits_have_their_own_codes(self, c)
-            deadline = time.monotonic() + SETTLE
+            deadline = time.monotonic() + self.settle
             while True:
                 view = invariants.take_view(self, c)
                 for check in invariants.INVARIANTS:
@@ -189,6 +261,7 @@ class Chaos(Ops):
                 time.sleep(SETTLE_POLL)  # an eventually consistent view: look again
             for what in view.unsettled:
                 self.violation(what)
+            invariants.count_checks(self, view)
             invariants.logs_hold_every_line_once_in_order(self, c, view)
             invariants.learn(self, view)
         finally:
@@ -208,7 +281,7 @@ class Chaos(Ops):
         if ids:
             r = self.env.ctl("rm", "-f", *ids, timeout=300)
             if r.rc != 0:
-                self.violation(f"final rm -f failed: {r.err.strip()}")
+                self.violation(f"all-or-nothing: final rm -f failed: {r.err.strip()}")
         self.check()
 
     def report(self) -> str:

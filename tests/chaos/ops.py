@@ -1,5 +1,7 @@
-"""The chaos workload's operations. They run in threads while the manager is killed under them, so an answer may
-be lost: what the harness then believes is "maybe" (created, removed), and the invariants accept either outcome."""
+"""The chaos workload's operations. They run in threads while the manager is killed under them. The client sends
+a call again to the next manager (a changing one with its key, answered with the first call's outcome), so an
+operation normally gets its real answer; only when none comes within the call's deadline is the outcome "maybe"
+(created, removed), and then the invariants accept either."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from random import Random
 
@@ -16,6 +19,7 @@ from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
 from tests.harness import PY, REPO, Env
 
+ATTACH_PATIENCE = 30.0  # seconds an attach to a running counter may take to print its first line
 COUNTER = "i=0; while true; do echo \"n $i\"; i=$((i+1)); sleep 0.01; done"
 TRAPPER = "trap 'exit 11' USR1; trap 'exit 12' USR2; while true; do sleep 0.05; done"
 FILLER = "yes filling-the-log-filesystem | head -c 60000000"
@@ -42,6 +46,9 @@ class Stats:
     seed: int = 0
     rounds: int = 0
     manager_kills: int = 0
+    kills_in_flight: int = 0  # SIGKILLs that landed while at least one operation was under way
+    kills_at_fault_points: int = 0  # the manager killed itself at an armed fault point
+    kills_idle: int = 0  # SIGKILLs of a manager no operation was waiting on
     slave_restarts: int = 0
     shim_kills: int = 0
     fault_points: dict[str, int] = field(default_factory=dict)
@@ -54,6 +61,7 @@ class Stats:
     log_lines_checked: int = 0
     log_bytes_dropped: int = 0
     violations: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)  # invariant -> how many things it checked
     seconds: float = 0.0
 
 
@@ -194,33 +202,65 @@ class Ops:
         except ShimdError:
             pass  # the manager died, the container stopped or the runtime was told to fail: not a violation
 
-    def op_attach(self) -> None:
-        """`shimctl attach` to a counter for a moment (across a manager kill, when one comes): what it prints must
-        be the counter's lines, consecutive, none twice, none skipped."""
+    def op_attach(self, seconds: float = 0.0) -> None:
+        """`shimctl attach` to a counter for a moment (across a manager kill, when one comes), then detach by
+        killing it: what it printed must be the counter's lines, consecutive, none twice, none skipped, at least
+        one (it waits up to ATTACH_PATIENCE seconds for the first), nothing on stderr. An attach that ends on its
+        own must exit with the container's code; one that fails must have a reason (the container was stopped,
+        killed or removed by another operation, or its shim was killed)."""
         box = self._pick(("counter",))
         if box is None:
             return
         with self.lock:
-            seconds = self.rng.uniform(0.3, 2.5)
+            seconds = seconds or self.rng.uniform(0.3, 2.5)
         p = subprocess.Popen([PY, "-m", "shimctl", "--address", self.env.sock, "attach", "--no-stdin", box.id],
-                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        try:
-            out, _ = p.communicate(timeout=seconds)
-        except subprocess.TimeoutExpired:
+                             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [threading.Thread(target=lambda: out.extend(iter(p.stdout.readline, b""))),  # type: ignore
+                   threading.Thread(target=lambda: err.append(p.stderr.read()))]  # type: ignore[union-attr]
+        for t in readers:
+            t.start()
+        t0 = time.monotonic()
+        while p.poll() is None:
+            waited = time.monotonic() - t0
+            if (waited > seconds and len(out) > 1) or waited > ATTACH_PATIENCE:  # a whole line, and one more
+                break
+            time.sleep(0.05)
+        detached = p.poll() is None
+        if detached:
             p.kill()
-            out, _ = p.communicate()
+        p.wait()
+        for t in readers:
+            t.join(10)
+        self._check_attach(box, detached, p.returncode, b"".join(out), b"".join(err))
+
+    def _check_attach(self, box: Box, detached: bool, rc: int, out: bytes, err: bytes) -> None:
+        disturbed = bool(box.allowed) or box.shim_killed or box.removed != "no"  # another operation hit it
+        stderr = err.decode(errors="replace").strip()
+        if not detached and rc not in box.allowed and not disturbed:
+            self.violation(f"attach-lines: {box.id}: attach exited {rc} on its own: {stderr[-300:]!r}")
+            return
+        if stderr and not disturbed:
+            self.violation(f"attach-lines: {box.id}: attach wrote to stderr: {stderr[-300:]!r}")
         lines = out.decode(errors="replace").split("\n")[:-1]  # the last piece may be cut short by the kill
         numbers = []
         for line in lines:
             if not line.startswith("n ") or not line[2:].isdigit():
-                self.violation(f"{box.id}: attach printed {line!r}")
+                self.violation(f"attach-lines: {box.id}: attach printed {line!r}")
                 return
             numbers.append(int(line[2:]))
         if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-            self.violation(f"{box.id}: attach lines not consecutive: {numbers[:3]}...{numbers[-3:]}")
+            at = next(i for i, (a, b) in enumerate(zip(numbers, numbers[1:], strict=False)) if b != a + 1)
+            self.violation(f"attach-lines: {box.id}: attach lines not consecutive: n {numbers[at + 1]} after "
+                           f"n {numbers[at]}")
+        if not numbers and detached and not disturbed:
+            self.violation(f"attach-lines: {box.id}: attach printed no line in {ATTACH_PATIENCE:g}s of a running "
+                           f"counter")
         with self.lock:
             self.stats.attaches += 1
             self.stats.attach_lines_checked += len(numbers)
+            self.stats.checked["attach-lines"] = self.stats.checked.get("attach-lines", 0) + len(numbers) + 1
 
     def kill_a_shim(self) -> None:
         box = self._pick()
