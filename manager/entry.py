@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shimproto.errors import InvalidState, NotFound, Unavailable
+from shimproto.version import PROTOCOL
 
 if TYPE_CHECKING:
     from shimproto.rpc import AsyncClient
@@ -114,6 +115,7 @@ class Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pump: asyncio.Task | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once a lost shim's exit is known
+    protocol: int = PROTOCOL  # what its shim speaks (an older shim outlives a manager upgrade)
 
     @property
     def id(self) -> str:

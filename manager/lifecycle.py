@@ -29,6 +29,7 @@ from .store import Meta
 
 log = logging.getLogger("shimd.manager")
 FORCE_WAIT = 10.0
+RESTART_PROTOCOL = 2  # the first shim protocol with `restart`
 
 
 def step(key: str, name: str) -> str:
@@ -137,6 +138,9 @@ async def start(r: Registry, e: Entry, key: str = "") -> None:
     async with e.lock:
         probe = await r.probe(e, timeout=5.0)
         if probe.status == STOPPED:
+            if e.protocol < RESTART_PROTOCOL:
+                raise InvalidState(f"cannot start stopped container {e.id} again: its shim predates restart "
+                                   f"(protocol {e.protocol}); remove it and run it again")
             st = await r.call(e, "restart", {"start": True}, timeout=30.0, key=step(key, "restart"))
         else:
             st = await r.call(e, "start", timeout=30.0, key=step(key, "start"))

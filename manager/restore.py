@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 
+from shimproto import version
 from shimproto.errors import ShimdError
 from shimproto.model import RUNNING
 from shimproto.plant import planted
@@ -79,6 +80,9 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
     r.connect(e, pid)
     e.move("attach")
     try:
+        e.protocol = version.of_ping(await r.call(e, "ping", timeout=5.0))
+        if e.protocol != version.PROTOCOL:
+            log.info("[%s] its shim speaks protocol %d (this manager %d)", e.id, e.protocol, version.PROTOCOL)
         r.events.observe(e.id, await r.call(e, "state", timeout=5.0))  # type: ignore[arg-type]
     except ShimdError as err:
         log.warning("[%s] restore: state: %s", e.id, err.message)

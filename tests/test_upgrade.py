@@ -75,6 +75,9 @@ def test_a_newer_manager_reattaches_to_a_shim_of_the_last_release(bare_env, old_
     assert (ps[exited]["status"], ps[exited]["exit_code"]) == ("stopped", 5)
     assert env.ok("logs", exited).out == "bye\n"
     assert env.ok("exec", running, "echo", "upgraded").out == "upgraded\n"
+    r = env.ctl("start", exited)  # its old shim has no restart: said in one line, nothing harmed
+    assert r.rc == 1 and "its shim predates restart (protocol 1)" in r.err and len(r.err.splitlines()) == 1
+    assert env.inspect(exited)["exit_code"] == 5
     env.ok("stop", "-t", "1", running)
     assert env.inspect(running)["status"] == "stopped"
     env.ok("rm", running, exited)
