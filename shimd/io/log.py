@@ -16,6 +16,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +27,27 @@ from shimproto.plant import planted
 log = logging.getLogger("shimd.log")
 
 
+def format_pieces(stream: str, data: bytes, now_ns: int) -> list[bytes | memoryview]:
+    """data as CRI records, all stamped now_ns, in pieces for one writev(2): an F record for each complete line, a
+    P record for an unfinished tail.
+
+    One bytes.replace puts the header after every newline, so the cost is one copy of the data whatever the line
+    length (a loop over lines costs ~100 ns a line: ~100 MB/s of 10-byte lines). The pieces are views of that one
+    copy, never joined: a second copy of a large buffer costs as much again, in page faults mostly."""
+    head = b"%s %s F " % (rfc3339(now_ns).encode(), stream.encode())
+    end = data.rfind(b"\n") + 1
+    if not end:
+        return [head[:-2], b"P ", data, b"\n"]
+    body = memoryview(data.replace(b"\n", b"\n" + head))  # every line's header but the first, plus one at the end
+    if end == len(data):
+        return [head, body[: -len(head)]]
+    tail = len(data) - end
+    return [head, body[: -len(head) - tail], head[:-2], b"P ", body[-tail:], b"\n"]
+
+
 def format_records(stream: str, data: bytes, now_ns: int) -> bytes:
-    ts = rfc3339(now_ns).encode()
-    head_f = ts + b" " + stream.encode() + b" F "
-    lines = data.split(b"\n")
-    tail = lines.pop()  # b"" when data ended with a newline
-    out = [head_f + line + b"\n" for line in lines]
-    if tail:
-        out.append(ts + b" " + stream.encode() + b" P " + tail + b"\n")
-    return b"".join(out)
+    """data as CRI records (format_pieces joined)."""
+    return b"".join(format_pieces(stream, data, now_ns)) if data else b""
 
 
 @dataclass(frozen=True)
@@ -72,33 +85,88 @@ def parse_page(buf: bytes, opts: ReadOpts = PLAIN) -> tuple[list[list], int, boo
 
     Consecutive records of one stream are merged ([stream, text]; F records end with a newline); with
     timestamps only records of one stream and one time are ([stream, text, ns]). With until, parsing stops at the
-    first later record and does not consume it."""
-    end = buf.rfind(b"\n")
-    if end < 0:
+    first later record and does not consume it.
+
+    The work is per run of records with the same header (time, stream, tag), not per line: the writer stamps a
+    whole chunk of output with one time, so a run is one chunk, its headers are taken out with one bytes.replace
+    and its time is parsed once (a loop over lines read ~50 MB/s of 100-byte lines)."""
+    end = buf.rfind(b"\n") + 1
+    if not end:
         return [], 0, False
     out: list[list] = []
     timed = opts.needs_time
-    last_raw, ns, used = b"", 0, 0
-    for line in buf[: end + 1].split(b"\n")[:-1]:
-        parts = line.split(b" ", 3)
-        if len(parts) < 4:
-            parts += [b""] * (4 - len(parts))
-        raw, stream, tag, text = parts
+    last_raw, ns, pos, step = b"", 0, 0, 1 << 16
+    while pos < end:
+        eol = buf.index(b"\n", pos)
+        s1 = buf.find(b" ", pos, eol)
+        s2 = buf.find(b" ", s1 + 1, eol) if s1 >= 0 else -1
+        s3 = buf.find(b" ", s2 + 1, eol) if s2 >= 0 else -1
+        if s3 < 0:  # not a record: read as split(" ", 3) makes it out
+            raw, stream, tag = (buf[pos:eol].split(b" ", 2) + [b"", b""])[:3]
+            text, stop = b"\n" if tag == b"F" else b"", eol + 1
+        else:
+            raw, stream, tag, stop = buf[pos:s1], buf[s1 + 1:s2], buf[s2 + 1:s3], eol + 1
+            if buf.startswith(buf[pos:s3 + 1], stop):  # more records with this header follow
+                text, stop = _run(buf, pos, s3 + 1, end, tag == b"F", step)
+                step = (stop - pos) * 5 // 4 + 4096
+            else:
+                text = buf[s3 + 1:stop if tag == b"F" else eol]
         if timed:
             if raw != last_raw:
                 last_raw, ns = raw, parse_ts(raw)
             if opts.until and ns > opts.until:
-                return _records(out, opts), used, True
-            used += len(line) + 1
+                return _records(out, opts), pos, True
             if ns < opts.since:
+                pos = stop
                 continue
-        if tag == b"F":
-            text += b"\n"
         if out and out[-1][0] == stream and (not opts.timestamps or out[-1][2] == ns):
             out[-1][1].append(text)
         else:
             out.append([stream, [text], ns])
-    return _records(out, opts), end + 1 if not timed else used, False
+        pos = stop
+    return _records(out, opts), end, False
+
+
+def _run(buf: bytes, pos: int, body: int, end: int, full: bool, step: int) -> tuple[bytes, int]:
+    """(text, stop) of the run of records at pos whose headers are all buf[pos:body]; full: F records.
+
+    The run's end is guessed from the last record with that header in a window of step bytes (about the length of
+    the run before: the writer's chunks are alike), doubled until the run ends in it; then checked: the pattern
+    takes out every interior newline's next line start, and its count must equal that of newlines followed by the
+    header. When it is not (the same header again after other records), the run is found exactly."""
+    head = buf[pos:body]
+    nh, lo = b"\n" + head, buf.index(b"\n", pos) + 1
+    while lo < end and buf.startswith(head, lo):
+        last = buf.rfind(nh, lo - 1, min(end, lo + step))
+        lo, step = buf.index(b"\n", last + 1) + 1, step * 2
+    stop = lo if full else lo - 1
+    text, n = _strip(len(head)).subn(b"\n" if full else b"", memoryview(buf)[body:stop])
+    if n != buf.count(nh, body, stop):
+        lo = _run_end(buf, buf.index(b"\n", pos) + 1, end, head)
+        text = buf[body:lo if full else lo - 1].replace(nh, b"\n" if full else b"")
+    return text, lo
+
+
+@functools.lru_cache(maxsize=16)
+def _strip(n: int) -> re.Pattern[bytes]:
+    """An interior newline and what follows it up to n bytes (a header of n bytes) or the next newline. Taking
+    headers out with it ran at ~1.6 GB/s, bytes.replace of the header at ~1.0 (a search per occurrence)."""
+    return re.compile(rb"\n(?:[^\n]{%d}|[^\n]{0,%d}(?=\n))" % (n, n - 1))
+
+
+def _run_end(buf: bytes, pos: int, end: int, head: bytes) -> int:
+    """Where the run of lines that begin with head, going on at pos, ends (end is just past a newline). Windows
+    that double while every line in them begins with head (two counts tell), shrink when one does not."""
+    nh, step = b"\n" + head, 1 << 12
+    while pos < end and buf.startswith(head, pos):
+        stop = buf.find(b"\n", min(end, pos + step) - 1) + 1
+        if buf.count(b"\n", pos, stop) == buf.count(nh, pos - 1, stop):
+            pos, step = stop, step * 2
+        elif step > 256:
+            step //= 8
+        else:
+            pos = buf.index(b"\n", pos) + 1
+    return pos
 
 
 def _records(groups: list[list], opts: ReadOpts) -> list[list]:
@@ -182,13 +250,14 @@ class LogWriter:
         for: the container must not block on its log."""
         if not data or self.closed:
             return
-        rec = format_records(stream, data, time.time_ns())
-        if planted("repeat-log-line") and self.written < 4096 <= self.written + len(rec):
-            rec += rec
-        if not self.max_size or self.size + len(rec) <= self.max_size:
-            self._append(rec, len(data))
+        pieces = format_pieces(stream, data, time.time_ns())
+        size = sum(map(len, pieces))
+        if planted("repeat-log-line") and self.written < 4096 <= self.written + size:
+            pieces, size = [b"".join(pieces) * 2], size * 2
+        if not self.max_size or self.size + size <= self.max_size:
+            self._appendv(pieces, size, len(data))
         else:
-            for piece in self._pieces(rec):
+            for piece in self._pieces(b"".join(pieces)):
                 if self.size and self.size + len(piece) > self.max_size:
                     self._rotate()
                 self._append(piece, len(piece))
@@ -215,10 +284,17 @@ class LogWriter:
         return out
 
     def _append(self, rec: bytes, accounted: int) -> None:
+        self._appendv([rec], len(rec), accounted)
+
+    def _appendv(self, pieces: list[bytes | memoryview], size: int, accounted: int) -> None:
+        """Write size bytes of whole records, given in pieces, with one writev(2) (a short write goes on). When the
+        disk is full the records are taken back and accounted bytes of output counted as dropped."""
         try:
-            view = memoryview(rec)
-            while view:
-                view = view[os.write(self.fd, view):]
+            done = os.writev(self.fd, pieces)
+            if done < size:
+                view = memoryview(b"".join(pieces))[done:]
+                while view:
+                    view = view[os.write(self.fd, view):]
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
                 raise
@@ -227,8 +303,8 @@ class LogWriter:
                 log.warning("log %s: %s; dropping output until there is space", self.path, e.strerror)
             self.dropped += accounted
             return
-        self.size += len(rec)
-        self.written += len(rec)
+        self.size += size
+        self.written += size
 
     def _rotate(self) -> None:
         """Shift path.N -> path.N+1 (dropping the oldest), path -> path.1, and start a new path. If the new file
@@ -351,6 +427,20 @@ class LogWriter:
                 seen = True
                 after = off
         return cursor(self.kept[-1], 0)
+
+    def locate(self, cur: int) -> list | None:
+        """[path, st_dev, st_ino, offset]: where cursor cur points, for a reader on this host that reads on in the
+        file itself (it checks the file's identity once it has it open: a rotation may have renamed it meanwhile);
+        cur + n is then the cursor n bytes further in that file. None when cur's generation is not kept."""
+        gen = cur >> GEN_SHIFT
+        if gen not in self.kept:
+            return None
+        path, _ = self._file(gen)
+        try:
+            st = os.fstat(self.fd) if gen == self.gen and not self.closed else os.stat(path)
+        except OSError:
+            return None
+        return [path, st.st_dev, st.st_ino, cur & OFFSET_MASK]
 
     def at_end(self, cur: int) -> bool:
         return cur >= self.end

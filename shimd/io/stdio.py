@@ -15,10 +15,11 @@ from collections import deque
 
 from .. import sys as _sys
 from .console import ConsoleSocket
-from .fifo import OutputFifo
+from .fifo import CHUNK, OutputFifo
 from .log import LogWriter
 
 STDIN_BUFFER = 1 << 20  # bytes queued for a process that does not read its stdin before writers wait
+COPY_ROUNDS = 16  # chunks copied from one pipe per wake-up
 
 
 class ProcessIO:
@@ -82,9 +83,14 @@ class ProcessIO:
     # --- output --------------------------------------------------------------------------------------------
 
     def _copy_fifo(self, f: OutputFifo) -> None:
-        data = f.read_available()
-        if data and self.log is not None:
-            self.log.write(f.stream, data)
+        """Copy what the pipe holds, a chunk at a time (each its own records and write: a large buffer costs page
+        faults), and at most COPY_ROUNDS chunks before the loop serves others."""
+        for _ in range(COPY_ROUNDS):
+            data = f.read()
+            if data and self.log is not None:
+                self.log.write(f.stream, data)
+            if len(data) < CHUNK:
+                return
 
     def _copy_master(self) -> None:
         try:
@@ -105,7 +111,7 @@ class ProcessIO:
     def drain(self) -> None:
         """Copy whatever is still buffered in the pipes or the pty (the process has exited)."""
         for f in self._outs:
-            while data := f.read_available():
+            while data := f.read():
                 if self.log is not None:
                     self.log.write(f.stream, data)
         if self.master >= 0:
