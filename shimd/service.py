@@ -149,8 +149,16 @@ class ShimService:
         if since < 0 or until < 0:
             raise wire.InvalidArgument("logs: since and until must be unix nanoseconds (0: unbounded)")
         opts = ReadOpts(since=since, until=until, timestamps=p.bool("timestamps"))
-        return await self.c.logs(p.str("exec_id", ""), p.int("cursor", 0), p.bool("follow"), _timeout(p),
-                                 max_bytes, p.int("tail", -1), opts)
+        exec_id = p.str("exec_id", "")
+        res = await self.c.logs(exec_id, p.int("cursor", 0), p.bool("follow"), _timeout(p), max_bytes,
+                                p.int("tail", -1), opts)
+        try:
+            log = self.c.process(exec_id).log
+        except wire.NotFound:  # the exec was deleted during the long-poll
+            log = None
+        if log is not None and not res["eof"]:  # where a reader on this host may read on by itself
+            res["file"] = log.locate(res["cursor"])
+        return res
 
     async def events(self, p: Params) -> dict:
         since = p.int("since", 0)

@@ -1,4 +1,4 @@
-"""logs {id, exec_id?, cursor?, follow?, timeout?, tail?, since?, until?, timestamps?} -> {records, cursor, eof}
+"""logs {id, exec_id?, cursor?, follow?, timeout?, tail?, since?, until?, timestamps?} -> {records, cursor, eof, file?}
 
 Pages through the container's log (or an attached exec's output) from cursor (0: the start, -1: from now on, as
 attach does; otherwise an opaque value a previous reply gave). tail N (-1 or absent: all) starts instead at the
@@ -6,8 +6,11 @@ first of the last N lines on disk when the call is made; carry on with the reply
 since / until (unix nanoseconds, 0: unbounded, both inclusive) keep only records whose own log time is in range;
 a reply may then hold no record yet a new cursor: ask again. Records are [stream, bytes], or [stream, bytes,
 time_ns] with timestamps. With follow, waits up to timeout seconds for new output and reports eof only once the
-container has exited and everything was read (or a record after until was met). Errors: not_found,
-invalid_argument, unavailable (the shim is gone: read the file at inspect's log_path)."""
+container has exited and everything was read (or a record after until was met). A reply covers at most 1 MiB of
+the log. Unless eof, file is [path, st_dev, st_ino, offset]: the CRI log file the reply's cursor points into and
+where; a client on this host may read on in that file itself (once it has checked the identity of what it opened)
+and carry on with cursor + the bytes of whole records it read. Errors: not_found, invalid_argument, unavailable
+(the shim is gone: read the file at inspect's log_path)."""
 
 from __future__ import annotations
 
