@@ -73,6 +73,7 @@ def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int =
     poll = DETACH_POLL if stop is not None else POLL
     params = dict(window or {})
     local = None if printer.timestamps or params.get("since") or params.get("until") else LocalLog()
+    end = None if follow else pin(cli, id, exec_id)  # what there is now: a log growing faster than we read ends
     try:
         while stop is None or not stop.is_set():
             res = cli.call("logs", {"id": id, "exec_id": exec_id, "cursor": cursor, "follow": follow,
@@ -80,10 +81,12 @@ def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int =
             params = {k: v for k, v in params.items() if k != "tail"}
             printer.write(res["records"])  # type: ignore[index]
             cursor = res["cursor"]  # type: ignore[index]
-            if res["eof"]:  # type: ignore[index]
+            if res["eof"] or end is not None and cursor >= end:  # type: ignore[index]
                 return True
             if local is not None and res.get("file"):  # type: ignore[union-attr]
-                cursor = local.read_on(res["file"], cursor, printer, stop)  # type: ignore[index]
+                cursor = local.read_on(res["file"], cursor, printer, follow, stop)  # type: ignore[index]
+                if end is not None and cursor >= end:
+                    return True
         return False
     finally:
         if local is not None:
@@ -102,8 +105,9 @@ class LocalLog:
         self.f: BinaryIO | None = None
         self.ident: tuple[int, int] | None = None
 
-    def read_on(self, where: list, cursor: int, printer: Printer, stop: threading.Event | None) -> int:
-        """Print the records from cursor on to the end of the file `where` names; the cursor after them."""
+    def read_on(self, where: list, cursor: int, printer: Printer, follow: bool, stop: threading.Event | None) -> int:
+        """Print the records from cursor on in the file `where` names, to its end now or, following, for as long
+        as it grows; the cursor after them (rotation, new output and the end are then the shim's to tell)."""
         path, dev, ino, off = where
         if self.ident != (dev, ino):
             self.close()
@@ -117,19 +121,18 @@ class LocalLog:
                 return cursor
             self.f, self.ident = f, (dev, ino)  # type: ignore[assignment]
         assert self.f is not None
-        self.f.seek(off)
-        pending = b""
-        while stop is None or not stop.is_set():
-            data = self.f.read(CHUNK)
-            if not data:
-                break
-            buf = pending + data if pending else data
-            records, used = parse_cri(buf)
+        size, now = CHUNK, os.fstat(self.f.fileno()).st_size
+        while (stop is None or not stop.is_set()) and (follow or off < now):
+            self.f.seek(off)  # never past what was used: a torn record is read again whole (or left to the pages)
+            data = self.f.read(size)
+            records, used = parse_cri(data)
+            if not used:
+                if len(data) < size:  # the end for now
+                    break
+                size *= 2  # one record longer than a chunk
+                continue
             printer.write(records)
-            cursor += used
-            pending = buf[used:]
-            if len(data) < CHUNK and used:  # the end for now (a torn record there is the shim's to page)
-                break
+            off, cursor, size = off + used, cursor + used, CHUNK
         return cursor
 
     def close(self) -> None:

@@ -181,6 +181,8 @@ class FakeCli:
         assert method == "logs"
         self.calls += 1
         cur = params["cursor"]
+        if cur == -1:
+            return {"records": [], "cursor": self.w.end, "eof": False}
         if params.get("tail", -1) >= 0:
             cur = self.w.tail_cursor(params["tail"])
         records, new, _ = self.w.read(cur, 1 << 16)
@@ -300,3 +302,17 @@ def test_attach_follows_a_container_writing_fast_every_byte(env, rootfs):
     assert rc == 0, err[-300:]
     assert out == data + data
     env.ok("rm", id)
+
+
+def test_logs_without_follow_ends_while_the_container_keeps_writing_fast(env, rootfs):
+    """logs prints what is there when it reads and returns, even when the log grows faster than it is read."""
+    root, data = rootfs
+    id = env.name("busy")
+    env.ok("run", "-d", "--name", id, "--rootfs", root, "--log-opt", "max-size=1g", "sh", "-c",
+           "while :; do cat /data/out; echo; done")
+    wait_for(lambda: os.path.getsize(os.path.join(env.root, "containers", id, "container.log")) > 20 << 20, 30,
+             "20 MB of log")
+    rc, out, err = shimctl(env, "logs", id, timeout=120)
+    assert rc == 0, err[-300:]
+    assert out.startswith(data + b"\n" + data)
+    env.ok("rm", "-f", id)

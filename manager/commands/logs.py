@@ -9,7 +9,8 @@ time_ns] with timestamps. With follow, waits up to timeout seconds for new outpu
 container has exited and everything was read (or a record after until was met). A reply covers at most 1 MiB of
 the log. Unless eof, file is [path, st_dev, st_ino, offset]: the CRI log file the reply's cursor points into and
 where; a client on this host may read on in that file itself (once it has checked the identity of what it opened)
-and carry on with cursor + the bytes of whole records it read. Errors: not_found, invalid_argument, unavailable
+and carry on with cursor + the bytes of whole records it read. Cursors grow with the log: one at or past another
+has everything before that one behind it. Errors: not_found, invalid_argument, unavailable
 (the shim is gone: read the file at inspect's log_path)."""
 
 from __future__ import annotations
