@@ -208,6 +208,10 @@ def test_the_cli_reads_on_in_the_file_itself_across_rotation_or_keeps_to_pages_w
         s, data = rng.choice(["stdout", "stdout", "stderr"]), chunk(rng) * rng.randint(1, 8)
         w.write(s, data)
         want[s].append(data)
+    long = b"a run longer than the CLI's reads\n" * 100_000 + b"x" * (3 << 20) + b"\n"  # and a line: at once, as
+    # another writer might
+    w._append(format_records("stdout", long, BASE_NS), len(long))
+    want["stdout"].append(long)
     w.write("stdout", b"torn at the end")
     want["stdout"].append(b"torn at the end")
     assert w.gen >= 2
