@@ -1,8 +1,10 @@
 """Following a process: its exit code, its output (a log cursor paged until eof) and our stdin sent to it.
 
 Used by the verbs that stay with a process (run, start -a, exec, attach, logs, wait). Output pages are long-polls on
-the main connection; stdin and terminal resizes go on connections of their own, from a thread, because the main
-one is mid-call. Detach keys are spotted in our stdin: seeing them stops both directions, the process runs on.
+the main connection; between them we read the log file ourselves when a page names it and we can open it (the
+pages then only find the way: rotation, new output, the end). Stdin and terminal resizes go on connections of their
+own, from a thread, because the main one is mid-call. Detach keys are spotted in our stdin: seeing them stops both
+directions, the process runs on.
 """
 
 from __future__ import annotations
