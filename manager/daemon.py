@@ -13,6 +13,7 @@ import asyncio
 import grp
 import logging
 import os
+import resource
 import signal
 
 import psutil
@@ -66,10 +67,20 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _raise_fd_limit() -> None:
+    """A few descriptors per container (a pidfd, the shim connection's socket): lift the soft open-files limit to
+    the hard one, as dockerd and containerd do, so a shell's 1024 does not cap a manager at a few hundred."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(cfg: Config) -> int:
     store = Store(cfg.root, cfg.state)
     _claim_pid_file(cfg.pid_file)
+    _raise_fd_limit()
     ctx = zmq.asyncio.Context()
+    ctx.set(zmq.MAX_SOCKETS, 65536)  # one socket per shim; ZeroMQ's default of 1023 would cap the containers
     m = Registry(ctx, store, cfg.runtime, cfg.defaults)
     mode = 0o600
     server = Server(ctx, cfg.socket, handlers(m), log, mode=mode)

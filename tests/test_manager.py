@@ -447,3 +447,10 @@ def unix_receive_queues() -> dict[int, int]:
                         out[ino] = struct.unpack_from("=I", data, attr + 4)[0]
                     attr += max((alen + 3) & ~3, 4)
                 off += (length + 3) & ~3
+
+
+def test_the_manager_lifts_its_open_files_limit_to_the_hard_one(bare_env):
+    env = bare_env
+    env.start_manager(wrap=["prlimit", "--nofile=1024:4096", "--"])
+    line = next(ln for ln in open(f"/proc/{env.proc.pid}/limits") if ln.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"], line
