@@ -256,7 +256,8 @@ class Chaos(Ops):
                 view = invariants.take_view(self, c)
                 for check in invariants.INVARIANTS:
                     check(self, view)
-                if not view.unsettled or time.monotonic() > deadline:
+                new = [u for u in view.unsettled if u not in self.recorded]  # (one recorded before: no lag)
+                if not new or time.monotonic() > deadline:
                     break
                 time.sleep(SETTLE_POLL)  # an eventually consistent view: look again
             for what in view.unsettled:
