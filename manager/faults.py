@@ -12,6 +12,7 @@ POINTS = (
     "create:launched",      # shim running, no container
     "create:created",       # container created, not started
     "create:started",       # container started, intent not yet cleared
+    "create:failed",        # a step of the create failed, nothing rolled back yet
     "exec:started",         # the shim started an exec process, the manager has not answered
     "stop:signalled",       # SIGTERM sent, the grace period not yet waited
     "delete:intent",        # delete intent written

@@ -67,7 +67,11 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     first = r.entries.get(id)
     if key and first is not None and first.meta.request_key == key:  # a repeat: its first call got this far
         if and_start and first.status.get("status") == CREATED:
-            await start(r, first, key)  # start() names the step: the same key the first call sent
+            try:
+                await start(r, first, key)  # start() names the step: the same key the first call sent
+            except ShimdError:  # the first call would have rolled the container back: so does its repeat
+                await remove(r, first, force=True)
+                raise
         return first
     if id in r.entries or id in r.reserved or os.path.exists(r.store.dir(id)):
         raise AlreadyExists(f"container name {id!r} is already in use")
@@ -91,6 +95,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
                 faults.point("create:started")
             r.store.clear_intent(id)
         except BaseException:
+            faults.point("create:failed")
             if planted("failed-create-leaves-container"):  # kept and listed, as if it had worked
                 r.add(e), e.move("created")  # type: ignore[func-returns-value]
                 raise

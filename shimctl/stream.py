@@ -110,6 +110,9 @@ class LocalLog:
     def read_on(self, where: list, cursor: int, printer: Printer, follow: bool, stop: threading.Event | None) -> int:
         """Print the records from cursor on in the file `where` names, to its end now or, following, for as long
         as it grows; the cursor after them (rotation, new output and the end are then the shim's to tell)."""
+        if not (isinstance(where, list) and len(where) == 4 and isinstance(where[0], str)
+                and all(isinstance(x, int) for x in where[1:])):
+            return cursor  # a shim of another version says it otherwise: the pages will do
         path, dev, ino, off = where
         if self.ident != (dev, ino):
             self.close()

@@ -85,6 +85,31 @@ def test_run_interrupted_at_any_step_runs_the_container_once(bare_env, point):
     assert [ev["type"] for ev in events(env, id)].count("start") == 1
 
 
+FAILING_START = """#!/bin/sh
+# runc whose `start` always fails, as a runtime may
+for a in "$@"; do
+  case "$a" in start) echo "injected: runc start failed" >&2; exit 1 ;; create|exec|kill|delete|state) break ;; esac
+done
+exec runc "$@"
+"""
+
+
+def test_a_run_whose_start_failed_before_the_manager_died_fails_again_and_leaves_nothing(bare_env):
+    env = bare_env
+    path = os.path.join(env.base, "failing-runc")
+    with open(path, "w") as f:
+        f.write(FAILING_START)
+    os.chmod(path, 0o755)
+    env.start_manager("--runtime", path)
+    id = env.name("nostart")
+    # the manager dies after the shim created the container and its start failed, before the rollback; the next
+    # one keeps the container for the client, whose repeat gets the same failure and must not leave it behind
+    r = _interrupted(env, ["--runtime", path], "create:failed", "run", "-d", "--name", id, "busybox", "true")
+    assert r.returncode == 125 and "failing-runc start: exited with status 1" in r.stderr, (r.returncode, r.stderr)
+    assert env.ctl("inspect", id).rc == 1
+    assert env.container_ids_on_disk() == []
+
+
 def test_an_unnamed_run_interrupted_after_start_is_one_container(bare_env):
     env = bare_env
     flags = counting(env)

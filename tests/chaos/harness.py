@@ -216,7 +216,7 @@ class Chaos(Ops):
             before = self.env.proc
             assert before is not None
             if target is None:
-                worker = threading.Thread(target=self.op_run)
+                worker = threading.Thread(target=self.op_run, args=("missing" if point == "create:failed" else "",))
             else:  # a target whose create failed: the point is not reached, and that is recorded
                 act = {"delete": self.op_rm, "exec": self.op_exec, "stop": self.op_stop}[op]
                 worker = threading.Thread(target=act if target.created == "yes" else lambda _: None, args=(target,))

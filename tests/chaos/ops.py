@@ -128,7 +128,8 @@ class Ops:
             delay = round(self.rng.uniform(0.05, 4.0), 2)
         box = self._new_box(kind, code)
         args = {"counter": ["sh", "-c", COUNTER], "trapper": ["sh", "-c", TRAPPER],
-                "exiter": ["sh", "-c", f"echo start; sleep {delay}; exit {code}"]}[kind]
+                "exiter": ["sh", "-c", f"echo start; sleep {delay}; exit {code}"],
+                "missing": ["no-such-command"]}[kind]  # a create that fails (127): it must leave nothing
         return self._create(box, args)
 
     def op_fill_disk(self) -> Box:
