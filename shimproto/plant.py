@@ -18,6 +18,7 @@ NAMES = {
     "repeat-log-line": "the shim's log writer writes the record that crosses a log's first 4 KiB twice",
     "failed-create-leaves-container": "a create that fails is not rolled back: its container stays listed",
     "stopped-containers-vanish": "list --all leaves out stopped containers",
+    "create-skips-start": "create {start: true} answers without starting: the container stays created",
     "remove-leaves-container": "rm forgets a container without deleting it: shim, container, runtime state stay",
     "leave-runtime-state": "the shim skips `runc delete`: a removed container's runtime state and cgroups stay",
     "restore-takes-shim-pid": "a restarted manager lists a running container with its shim's pid",

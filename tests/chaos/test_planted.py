@@ -3,7 +3,7 @@ is there to catch (SHIMD_PLANT=<bug> for the manager and its shims; the bugs are
 
 Each test runs the smallest scenario that exercises its invariant with the chaos harness's own operations and
 checks (a few seconds, not a round of kills), then takes the bug away and cleans up after it, so the test's
-teardown judges only what the harness left. listed-status has no planted bug; fault-point's test is the CI round.
+teardown judges only what the harness left. fault-point's test is the CI round.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("repeat-log-line", invariants.LOG_LINES, "repeated", log_lines),
     ("failed-create-leaves-container", invariants.ALL_OR_NOTHING, "a create that failed", failed_create),
     ("stopped-containers-vanish", invariants.ALL_OR_NOTHING, "never removed, but no longer listed", exits),
+    ("create-skips-start", invariants.LISTED_STATUS, "listed as 'created'", restart),
     ("remove-leaves-container", invariants.ALL_OR_NOTHING, "are left in its cgroups", remove),
     ("remove-leaves-container", invariants.NO_LEFTOVERS, "alive but the container is not listed", remove),
     ("leave-runtime-state", invariants.ALL_OR_NOTHING, "runtime state is left", remove),
