@@ -170,7 +170,7 @@ class Chaos(Ops):
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
-                   self.op_attach]
+                   self.op_attach, self.op_kill_template]
         with self.lock:
             live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run

@@ -51,6 +51,7 @@ class Stats:
     kills_idle: int = 0  # SIGKILLs of a manager no operation was waiting on
     slave_restarts: int = 0
     shim_kills: int = 0
+    template_kills: int = 0
     fault_points: dict[str, int] = field(default_factory=dict)
     containers: int = 0
     creates_failed: int = 0
@@ -262,6 +263,21 @@ class Ops:
             self.stats.attaches += 1
             self.stats.attach_lines_checked += len(numbers)
             self.stats.checked["attach-lines"] = self.stats.checked.get("attach-lines", 0) + len(numbers) + 1
+
+    def op_kill_template(self) -> None:
+        """SIGKILL the warm template that shims are forked from, whatever it is doing: a create it was forking
+        for starts its shim cold or is rolled back, and the manager starts another template."""
+        c = self.client()
+        try:
+            pid = int(c.call("ping", idempotent=True).get("template", 0))  # type: ignore[union-attr]
+        except ShimdError:
+            return
+        finally:
+            c.close()
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            with self.lock:
+                self.stats.template_kills += 1
 
     def kill_a_shim(self) -> None:
         box = self._pick()

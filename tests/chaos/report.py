@@ -40,6 +40,7 @@ def render(r: Results) -> str:
             ("... at a fault point (the manager killed itself there)", s.kills_at_fault_points),
             ("... of an idle manager", s.kills_idle),
             ("restarts under unshare --propagation slave", s.slave_restarts), ("shim SIGKILLs", s.shim_kills),
+            ("warm template SIGKILLs (creates in flight forked cold or rolled back)", s.template_kills),
             ("containers created (attempted)", s.containers),
             ("creates refused cleanly (injected runtime failures)", s.creates_failed),
             ("containers whose exit was checked", s.exits_checked), ("exec exits checked", s.execs_checked),

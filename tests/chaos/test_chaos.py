@@ -51,6 +51,7 @@ def test_chaos(bare_env, shared_root):
     assert s.kills_in_flight >= IN_FLIGHT, f"only {s.kills_in_flight} manager kills with operations in flight"
     assert s.kills_in_flight + s.kills_at_fault_points + s.kills_idle == s.manager_kills
     assert set(s.fault_points) == set(POINTS), f"fault points never reached: {set(POINTS) - set(s.fault_points)}"
+    assert s.template_kills > 0, "the warm template was never killed"
 
 
 @pytest.mark.timeout(600)
