@@ -35,7 +35,8 @@ import time
 import figures
 import psutil
 import report
-from systems import Containerd, Runc, Shimd
+from containerd import Containerd
+from systems import Runc, Shimd
 from util import PY, REPO, run, say
 
 PROJECT_PACKAGES = ["shimproto", "runtime", "shimd", "manager", "shimctl"]

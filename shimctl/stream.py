@@ -9,14 +9,13 @@ directions, the process runs on.
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import sys
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import BinaryIO
 
+from shimproto.cri import parse_page
 from shimproto.errors import ShimdError
 from shimproto.model import rfc3339
 
@@ -147,62 +146,10 @@ class LocalLog:
 
 
 def parse_cri(buf: bytes) -> tuple[list[list], int]:
-    """The complete CRI records of buf as [stream, text] (consecutive records of one stream merged, F records
-    ending with a newline) and the bytes they took: shimd/io/log.py's parse_page without filters (the CLI imports
-    only the protocol; tests/test_log_speed.py holds the two to the same answers). Per run of records with one
-    header: the writer stamps a whole chunk of output with one time."""
-    end = buf.rfind(b"\n") + 1
-    out: list[list] = []
-    pos, step = 0, 1 << 16
-    while pos < end:
-        eol = buf.index(b"\n", pos)
-        s1 = buf.find(b" ", pos, eol)
-        s2 = buf.find(b" ", s1 + 1, eol) if s1 >= 0 else -1
-        s3 = buf.find(b" ", s2 + 1, eol) if s2 >= 0 else -1
-        if s3 < 0:  # not a record: read as split(" ", 3) makes it out
-            _, stream, tag = (buf[pos:eol].split(b" ", 2) + [b"", b""])[:3]
-            text, stop = b"\n" if tag == b"F" else b"", eol + 1
-        else:
-            stream, tag, stop = buf[s1 + 1:s2], buf[s2 + 1:s3], eol + 1
-            if buf.startswith(buf[pos:s3 + 1], stop):
-                text, stop = _run(buf, pos, s3 + 1, end, tag == b"F", step)
-                step = (stop - pos) * 5 // 4 + 4096
-            else:
-                text = buf[s3 + 1:stop if tag == b"F" else eol]
-        if out and out[-1][0] == stream:
-            out[-1][1].append(text)
-        else:
-            out.append([stream, [text]])
-        pos = stop
-    return [[s.decode(errors="replace"), b"".join(p)] for s, p in out], end
-
-
-def _run(buf: bytes, pos: int, body: int, end: int, full: bool, step: int) -> tuple[bytes, int]:
-    """(text, stop) of the run of records at pos whose headers are all buf[pos:body] (see shimd/io/log.py)."""
-    head = buf[pos:body]
-    nh, lo = b"\n" + head, buf.index(b"\n", pos) + 1
-    while lo < end and buf.startswith(head, lo):
-        last = buf.rfind(nh, lo - 1, min(end, lo + step))
-        lo, step = buf.index(b"\n", last + 1) + 1, step * 2
-    stop = lo if full else lo - 1
-    text, n = _strip(len(head)).subn(b"\n" if full else b"", memoryview(buf)[body:stop])
-    if n != buf.count(nh, body, stop):  # the same header again after other records: find the run exactly
-        lo, step = buf.index(b"\n", pos) + 1, 1 << 12
-        while lo < end and buf.startswith(head, lo):
-            stop = buf.find(b"\n", min(end, lo + step) - 1) + 1
-            if buf.count(b"\n", lo, stop) == buf.count(nh, lo - 1, stop):
-                lo, step = stop, step * 2
-            elif step > 256:
-                step //= 8
-            else:
-                lo = buf.index(b"\n", lo) + 1
-        text = buf[body:lo if full else lo - 1].replace(nh, b"\n" if full else b"")
-    return text, lo
-
-
-@functools.lru_cache(maxsize=16)
-def _strip(n: int) -> re.Pattern[bytes]:
-    return re.compile(rb"\n(?:[^\n]{%d}|[^\n]{0,%d}(?=\n))" % (n, n - 1))
+    """The complete CRI records of buf as [stream, text] (consecutive records of one stream merged) and the bytes
+    they took: the shim's own parser (shimproto/cri.py), without filters."""
+    records, used, _ = parse_page(buf)
+    return records, used
 
 
 def pin(cli: Cli, id: str, exec_id: str = "") -> int:

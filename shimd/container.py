@@ -21,6 +21,7 @@ import signal
 from runtime.bundle import DEFAULT_ENV, Spec, write_bundle
 from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
+from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from shimproto.fsutil import read_json
 from shimproto.model import CREATED, DELETED, STOPPED, ExitStatus, check_id
@@ -30,7 +31,7 @@ from . import sys as _sys
 from .cgroup import OomWatch
 from .etcfiles import write_etc_files
 from .events import Journal
-from .io.log import PLAIN, LogWriter, ReadOpts
+from .io.log import LogWriter
 from .io.stdio import ProcessIO
 from .process.context import ExitHooks, ProcessContext
 from .process.process import ExecProcess, InitProcess, Process

@@ -14,6 +14,7 @@ import os
 
 import runtime.errors as rt
 from shimproto import errors as wire
+from shimproto.cri import ReadOpts
 from shimproto.model import parse_signal
 from shimproto.plant import planted
 from shimproto.spec import ShimCreate
@@ -21,7 +22,6 @@ from shimproto.version import PROTOCOL
 from shimproto.wire import MAX_MESSAGE, Params
 
 from .container import Container
-from .io.log import ReadOpts
 from .keys import KeyedCalls
 
 LONG_POLL_MAX = 60.0

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from shimctl import stream
-from shimd.io.log import LogWriter, ReadOpts, format_records, parse_page, parse_ts
+from shimd.io.log import LogWriter
+from shimproto.cri import ReadOpts, format_records, parse_page, parse_ts
 from shimproto.model import rfc3339
 from tests.harness import PY, REPO, wait_for
 

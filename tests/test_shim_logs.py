@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from shimd.io.log import LogWriter, ReadOpts, format_records, lines_backward, parse_page, parse_ts
+from shimd.io.log import LogWriter, lines_backward
+from shimproto.cri import ReadOpts, format_records, parse_page, parse_ts
 
 
 def _write(w: LogWriter, stream: str, data: bytes, ns: int) -> None:

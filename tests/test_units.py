@@ -10,8 +10,8 @@ import pytest
 
 from runtime.errors import AlreadyExists, CannotInvoke, CommandNotFound, NotFound, RuntimeError_, classify
 from runtime.opts import CreateOpts, DeleteOpts, KillOpts
-from shimd.io.log import format_records, parse_records
 from shimd.process import STATES, TRANSITIONS, next_state
+from shimproto.cri import format_records, parse_records
 from shimproto.errors import InvalidArgument, InvalidState
 from shimproto.model import ExitStatus, check_id, parse_signal, rfc3339
 from tests.harness import REPO

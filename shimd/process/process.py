@@ -19,13 +19,14 @@ from collections.abc import Awaitable, Callable
 import runtime.errors as rt
 from runtime.bundle import exec_process
 from runtime.opts import DeleteOpts, ExecOpts, KillOpts
+from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import InvalidState
 from shimproto.fsutil import write_json
 from shimproto.model import CREATED, STOPPED, ExitStatus
 from shimproto.plant import planted
 
 from .. import sys as _sys
-from ..io.log import PLAIN, LogWriter, ReadOpts
+from ..io.log import LogWriter
 from ..io.stdio import ProcessIO
 from . import STATES, State, next_state
 from .context import ExitHooks, ProcessContext
