@@ -15,6 +15,7 @@ from random import Random
 
 import psutil
 
+from manager.registry import read_pid
 from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
 from tests.harness import PY, REPO, Env
@@ -289,14 +290,6 @@ class Ops:
             box.shim_killed = True
             box.allowed.add(255)
             self.stats.shim_kills += 1
-
-
-def read_pid(path: str) -> int:
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def alive(pid: int) -> bool:
