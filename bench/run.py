@@ -36,7 +36,7 @@ import figures
 import psutil
 import report
 from containerd import Containerd
-from systems import Runc, Shimd
+from systems import Runc, Shimd, _kill_and_wait
 from util import PY, REPO, run, say
 
 PROJECT_PACKAGES = ["shimproto", "runtime", "shimd", "manager", "shimctl"]
@@ -167,14 +167,7 @@ def leftovers(base: str, prefix: str) -> list[str]:
 
 
 def sweep(base: str, prefix: str) -> None:
-    procs = _leftover_procs(base, prefix)
-    for p in procs:
-        say(f"cleanup: SIGKILL leftover process {p.pid}")
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+    _kill_and_wait(_leftover_procs(base, prefix), "process")
     for d in _leftover_cgroups(prefix):
         try:
             os.rmdir(d)
