@@ -11,7 +11,7 @@ import argparse
 
 from shimproto.errors import ShimdError
 
-from .. import exitcodes, stream
+from .. import exitcodes
 from ..cli import Cli
 from . import create
 
@@ -31,6 +31,8 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
     if a.detach:
         print(id)
         return 0
+    from .. import stream  # only an attached run reads the log (run -d does not pay for it)
+
     try:
         code = stream.attach(cli, id, "", 0, stdin=a.interactive, tty=a.tty)
     except ShimdError as e:
