@@ -4,6 +4,7 @@
     state = "/run/shimd"           # runtime state and the API socket
     runtime = "runc"               # OCI runtime binary: runc or crun (a path works too)
     socket_group = ""              # a group whose members may use the API socket (default: root only)
+    memory_merge = true            # shims' memory offered to the kernel's samepage merging; starts ksmd if stopped
 
     [container]                    # defaults for new containers
     log_max_size = "100m"          # rotate the log past this size (0: never)
@@ -32,6 +33,7 @@ class Config:
     state: str = "/run/shimd"
     runtime: str = "runc"
     socket_group: str = ""
+    memory_merge: bool = True
     defaults: Defaults = field(default_factory=Defaults)
 
     @property
@@ -72,7 +74,7 @@ def load(path: str | None, flags: dict) -> Config:
             raise ConfigError(f"config file {file}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {file}: {e}") from None
-    known = {"root", "state", "runtime", "socket_group", "container"}
+    known = {"root", "state", "runtime", "socket_group", "memory_merge", "container"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {file}: unknown keys {sorted(unknown)}")
@@ -81,6 +83,10 @@ def load(path: str | None, flags: dict) -> Config:
             if not isinstance(data[key], str):
                 raise ConfigError(f"config file {file}: {key} must be a string")
             setattr(cfg, key, data[key])
+    if "memory_merge" in data:
+        if not isinstance(data["memory_merge"], bool):
+            raise ConfigError(f"config file {file}: memory_merge must be true or false")
+        cfg.memory_merge = data["memory_merge"]
     c = data.get("container", {})
     if not isinstance(c, dict) or set(c) - {"log_max_size", "log_max_files", "stop_timeout"}:
         raise ConfigError(f"config file {file}: [container] takes log_max_size, log_max_files, stop_timeout")

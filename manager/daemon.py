@@ -67,6 +67,27 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+KSM_RUN = "/sys/kernel/mm/ksm/run"
+
+
+def _start_ksmd() -> None:
+    """memory_merge = true: shims offer their pages to the kernel's samepage merging, which only ksmd does. Start it
+    when it is stopped ("0"). It merges only the memory of processes that asked for it (ours, and any other that
+    did, such as a VM's): a host-wide switch, which is why memory_merge = false leaves it alone."""
+    try:
+        with open(KSM_RUN) as f:
+            now = f.read().strip()
+        if now == "0":
+            with open(KSM_RUN, "w") as f:
+                f.write("1")
+            log.info("started the kernel's samepage merging (%s = 1) for shim memory (memory_merge = false in "
+                     "the config leaves it alone)", KSM_RUN)
+        elif now != "1":
+            log.warning("%s is %s: shim memory is not merged", KSM_RUN, now)
+    except OSError as e:
+        log.warning("no samepage merging for shim memory: %s: %s", KSM_RUN, e.strerror)
+
+
 def _raise_fd_limit() -> None:
     """A few descriptors per container (a pidfd, the shim connection's socket): lift the soft open-files limit to
     the hard one, as dockerd and containerd do, so a shell's 1024 does not cap a manager at a few hundred."""
@@ -99,7 +120,9 @@ async def serve(cfg: Config) -> int:
     if os.environ.get(launcher.TEMPLATE_ENV, "1") != "0":
         # after restore, which starts no shim: its imports would only slow the restore down; a create that comes
         # while it starts waits for it (it is ready sooner than a cold shim would be)
-        launcher.template = launcher.Template()
+        if cfg.memory_merge:
+            _start_ksmd()
+        launcher.template = launcher.Template(memory_merge=cfg.memory_merge)
         launcher.template.begin()
     serving = asyncio.create_task(server.serve())
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "

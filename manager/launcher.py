@@ -73,7 +73,8 @@ class Template:
     socketpair and nothing else of ours: no API socket, no shim connection, no lock. Our end is non-blocking, so a
     hung template makes launches go cold instead of blocking the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_merge: bool = False) -> None:
+        self.memory_merge = memory_merge  # the template (and so every shim forked from it) offers its pages to ksmd
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self.ready = asyncio.Event()
@@ -120,7 +121,7 @@ class Template:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shimd", "template", "--control-fd", str(theirs.fileno()),
-                "--parent", str(os.getpid()), pass_fds=(theirs.fileno(),), env=_env(),
+                "--parent", str(os.getpid()), *(["--memory-merge"] if self.memory_merge else []), pass_fds=(theirs.fileno(),), env=_env(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL)
         finally:
@@ -132,9 +133,11 @@ class Template:
             first = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(ours, 4096), TEMPLATE_READY_TIMEOUT)
         except (TimeoutError, OSError) as e:
             first = f"no word ({type(e).__name__})".encode()
-        if first == b"ready":
+        if first == b"ready" or first.startswith(b"ready "):
             self.ready.set()
             log.info("template %d serving", self.proc.pid)
+            if first != b"ready":
+                log.warning("template %d: no memory merging for shims: %s", self.proc.pid, first[6:].decode())
         else:
             log.warning("template %d did not start: %s", self.proc.pid, first.decode(errors="replace") or "EOF")
             if self.proc.returncode is None:

@@ -2,7 +2,7 @@
 
     shimd start --id ID --state DIR [--runtime runc] [--runtime-root DIR] [--ready-fd N]
     shimd delete --id ID --state DIR [--runtime runc] [--runtime-root DIR]
-    shimd template --control-fd N --parent PID      the warm fork server (shimd/template.py)
+    shimd template --control-fd N --parent PID [--memory-merge]   the warm fork server (shimd/template.py)
 
 `start` detaches (double fork, new session) and reports "ok <pid>" or "error <text>" on the ready fd once its API
 socket is bound. The daemon half is `serve()`, which a pre-imported parent may also call right after a fork.
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("template")
     t.add_argument("--control-fd", type=int, required=True)
     t.add_argument("--parent", type=int, required=True)
+    t.add_argument("--memory-merge", action="store_true", help="offer its pages and its shims' to ksmd")
     return ap
 
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "template":
         from .template import serve as template
 
-        return template(a.control_fd, a.parent, _start_forked)
+        return template(a.control_fd, a.parent, _start_forked, memory_merge=a.memory_merge)
     try:
         check_id(a.id)
     except Exception as e:

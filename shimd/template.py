@@ -93,9 +93,13 @@ def _become_shim(ctl: socket.socket, req: dict, ready_fd: int, start: Callable[[
         os._exit(code)
 
 
-def serve(ctl_fd: int, parent: int, start: Callable[[dict, int], int]) -> int:
+def serve(ctl_fd: int, parent: int, start: Callable[[dict, int], int], memory_merge: bool = False) -> int:
     """Serve fork requests on ctl_fd until it closes; start(request, ready_fd) is the cold shim's start, handed in
-    by shimd/__main__.py (the module `python -m shimd` runs: importing it again here would load a second copy)."""
+    by shimd/__main__.py (the module `python -m shimd` runs: importing it again here would load a second copy).
+
+    memory_merge: offer our pages, and so every forked shim's, to the kernel's samepage merging before importing
+    anything. Most of a shim's private memory is copies of our pages that it wrote a reference count on and then
+    put back as they were; ksmd merges those back. "ready" says it worked, "ready <reason>" why it did not."""
     from . import sys as _sys
 
     _sys.set_parent_death_signal(signal.SIGKILL)
@@ -108,11 +112,17 @@ def serve(ctl_fd: int, parent: int, start: Callable[[dict, int], int]) -> int:
     except OSError as e:
         ctl.send(f"error {e}".encode())
         return TEMPLATE_CANNOT_RENAME
+    ready = b"ready"
+    if memory_merge:
+        try:
+            _sys.set_memory_merge()
+        except OSError as e:
+            ready = f"ready {e}".encode()
     preload()
     _sys.ignore_child_exits()
     gc.collect()
     gc.freeze()
-    ctl.send(b"ready")
+    ctl.send(ready)
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(ctl, MAX_REQUEST, 4)

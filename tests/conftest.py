@@ -24,6 +24,18 @@ _bases: list[str] = []
 _ids: dict[str, set[str]] = {}  # base -> its container ids, kept after the base dir is removed
 _managers: dict[str, set[int]] = {}  # base -> the pids of its managers (their shim templates are its own)
 _session_start = leaks.boot_ticks()
+KSM_RUN = "/sys/kernel/mm/ksm/run"  # managers start ksmd (memory_merge): the session puts the host's setting back
+
+
+def _ksm_run() -> str | None:
+    try:
+        with open(KSM_RUN) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+_ksm_at_start = _ksm_run()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,6 +123,9 @@ def session_leftovers() -> list[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _ksm_at_start is not None and _ksm_run() != _ksm_at_start:
+        with open(KSM_RUN, "w") as f:
+            f.write(_ksm_at_start)
     problems = session_leftovers()
     if problems:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")

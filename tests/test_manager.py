@@ -266,7 +266,8 @@ def test_config_file_and_flags(bare_env):
     assert 0.4 < time.monotonic() - t0 < 8
     assert env.inspect(id)["exit_code"] == 137
     for bad, why in (('root = 5\n', "root must be a string"), ("[container]\nlog_max_files = 1\n", ">= 2"),
-                     ("nonsense = 1\n", "unknown keys"), ("x = [\n", "config file")):
+                     ("nonsense = 1\n", "unknown keys"), ("x = [\n", "config file"),
+                     ('memory_merge = "yes"\n', "memory_merge must be true or false")):
         with open(conf, "w") as f:
             f.write(bad)
         r = subprocess.run([PY, "-m", "manager", "--config", conf, "--state", os.path.join(env.base, "s2")],
