@@ -121,7 +121,8 @@ class Template:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shimd", "template", "--control-fd", str(theirs.fileno()),
-                "--parent", str(os.getpid()), *(["--memory-merge"] if self.memory_merge else []), pass_fds=(theirs.fileno(),), env=_env(),
+                "--parent", str(os.getpid()), *(["--memory-merge"] if self.memory_merge else []),
+                pass_fds=(theirs.fileno(),), env=_env(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL)
         finally:
