@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import struct
 import time
 
@@ -58,7 +57,7 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if not idempotent and not (params or {}).get("key"):
-            params = {**(params or {}), "key": secrets.token_hex(8)}
+            params = {**(params or {}), "key": os.urandom(8).hex()}
         rid = next(self._ids)
         data = encode_request(rid, method, params)
         self._drain_monitor()
