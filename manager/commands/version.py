@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from shimproto.wire import Params
@@ -25,6 +24,9 @@ RUNTIME_TIMEOUT = 5.0
 
 
 def package_version() -> str:
+    # imported here: importlib.metadata costs ~11 ms, which every manager start (and so every restore) paid
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("shimd")
     except PackageNotFoundError:
