@@ -207,13 +207,65 @@ def start_many(systems: list, ids: list[str]) -> None:
             s.run_detached(id)
 
 
-def memory_and_restore(systems: list, count: int, restores: int, prefix: str, settle: float) -> dict[str, dict]:
-    """count sleeping containers on each system at once; memory; then daemon restores, the systems alternating."""
+KSM = "/sys/kernel/mm/ksm"
+
+
+def _ksm(name: str) -> int:
+    with open(f"{KSM}/{name}") as f:
+        return int(f.read().split()[0])
+
+
+def ksm_setting(put: str | None = None) -> str | None:
+    """ksmd's run setting ("0" stopped, "1" running); with put, write that back first. None without KSM."""
+    try:
+        if put is not None:
+            with open(f"{KSM}/run", "w") as f:
+                f.write(put)
+        with open(f"{KSM}/run") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _ksmd_cpu() -> float:
+    """CPU seconds ksmd has used (0 when there is none)."""
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "ksmd":
+            t = p.cpu_times()
+            return t.user + t.system
+    return 0.0
+
+
+def wait_merged(scans: int, timeout: float) -> dict:
+    """Wait for ksmd to finish `scans` more full scans of the memory offered to it (a page is merged only once it
+    has stayed the same for a scan), at the host's own pace: the seconds waited, ksmd's CPU seconds meanwhile,
+    and its settings. {} when ksmd is not running (memory_merge = false, or no KSM)."""
+    try:
+        if _ksm("run") != 1:
+            return {}
+        first, cpu0, t0 = _ksm("full_scans"), _ksmd_cpu(), time.monotonic()
+        say(f"memory: waiting for {scans} full ksmd scans (at most {timeout:.0f}s)")
+        wait_for(lambda: _ksm("full_scans") >= first + scans, timeout, f"{scans} full ksmd scans", 0.5)
+        return {"scans": scans, "waited": time.monotonic() - t0, "cpu": _ksmd_cpu() - cpu0,
+                "pages_to_scan": _ksm("pages_to_scan"), "sleep_ms": _ksm("sleep_millisecs")}
+    except OSError:
+        return {}
+
+
+def memory_and_restore(systems: list, count: int, restores: int, prefix: str, settle: float,
+                       merge_timeout: float = 600.0) -> dict[str, dict]:
+    """count sleeping containers on each system at once; memory right after start and again once ksmd has merged
+    what it will; then daemon restores, the systems alternating."""
     ids = [f"{prefix}-m{i}" for i in range(count)]
     say(f"memory: starting {count} containers on each of {', '.join(s.name for s in systems)}")
     start_many(systems, ids)
     time.sleep(settle)  # let start-up allocations settle
     res = {s.name: memory(s, count) for s in systems}
+    ksm = wait_merged(3, merge_timeout)
+    for s in systems:
+        res[s.name]["ksm"] = ksm
+        if ksm:
+            res[s.name]["merged"] = memory(s, count)
     want = set(ids)
     for s in systems:
         res[s.name]["restore"] = []

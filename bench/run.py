@@ -219,6 +219,17 @@ def measure(a: argparse.Namespace, base: str, prefix: str, started: float, out: 
         say(f"scale: took {out['took']['scale']:.0f}s")
 
 
+def _merge_note(ksm: dict | None) -> list[str]:
+    if not ksm:
+        return ["ksmd was not running (memory_merge = false, or no KSM): no memory was merged.", ""]
+    return [f"Memory merging (`memory_merge`, on by default): the manager had started ksmd, which merged at the "
+            f"host's pace ({ksm['pages_to_scan']} pages every {ksm['sleep_ms']} ms, the kernel's defaults unless "
+            "the host changed them); the merged figures were taken after "
+            f"{ksm['scans']} more full scans, {ksm['waited']:.0f} s after the first, during which ksmd used "
+            f"{ksm['cpu']:.1f} s of CPU. containerd's shims do not offer their memory to ksmd; theirs is measured "
+            "at the same moments.", ""]
+
+
 def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, took: float, load: tuple) -> str:
     lines = ["# Benchmarks", ""]
     if a.quick:
@@ -271,6 +282,7 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
         "children that are not shims (the warm template): their pages are shared with the shims forked from them, "
         "which is why PSS is reported.",
         "",
+        *_merge_note(out["mem"]["shimd"].get("ksm")),
     ]
     if "scale" in out:
         sc = out["scale"]
@@ -304,6 +316,7 @@ def main() -> int:
     say(f"base {base}, ids {prefix}-*{' (QUICK MODE: numbers are not results)' if a.quick else ''}")
     out: dict = {"systems": []}
     ok = False
+    ksm_run = figures.ksm_setting()  # the manager starts ksmd (memory_merge): put the host's setting back after
     try:
         measure(a, base, prefix, started, out)
         ok = True
@@ -317,6 +330,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - the other systems must still be cleaned
                 say(f"cleanup of {s.name}: {e}")
         sweep(base, prefix)
+        figures.ksm_setting(ksm_run)
         left = leftovers(base, prefix)
         for x in left:
             say(f"cleanup: LEFT BEHIND: {x}")
