@@ -18,12 +18,13 @@ import signal
 import time
 
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound, ShimdError, Unavailable
-from shimproto.model import CREATED, DELETED, STOPPED, check_id
+from shimproto.model import CREATED, DELETED, STOPPED, check_id, parse_signal
 from shimproto.plant import planted
-from shimproto.spec import ContainerSpec, ShimCreate
+from shimproto.spec import MOUNT_DATA_MAX, ContainerSpec, ShimCreate, overlay_data
 
-from . import faults, images, launcher
+from . import faults, launcher
 from .entry import CREATING, STATES, Entry
+from .images import config as image_config
 from .registry import EVENT_POLL, SHIM_TIMEOUT, Registry, shim_alive, wait_gone
 from .store import Meta
 
@@ -43,14 +44,28 @@ def step(key: str, name: str) -> str:
 
 # --- create ----------------------------------------------------------------------------------------------------
 
-def _lower(r: Registry, spec: ContainerSpec) -> str:
+def _resolve(r: Registry, spec: ContainerSpec, id: str) -> tuple[str, str]:
+    """The container's overlay lower dirs (':'-joined, top first) and image digest; the image's config applied
+    to spec, so spec is what the shim runs."""
     if spec.rootfs:
         if not os.path.isabs(spec.rootfs):
             raise InvalidArgument(f"rootfs {spec.rootfs!r} must be an absolute path")
         if not os.path.isdir(spec.rootfs):
             raise InvalidArgument(f"rootfs {spec.rootfs}: no such directory")
-        return spec.rootfs
-    return images.resolve(r.store.root, spec.image)
+        if ":" in spec.rootfs or "," in spec.rootfs:
+            raise InvalidArgument(f"rootfs {spec.rootfs}: overlay cannot take a path with ':' or ','")
+        spec.env = image_config.with_path(spec.env) if spec.env else spec.env
+        lower, digest = spec.rootfs, ""
+    else:
+        res = r.images.resolve(spec.image)
+        image_config.apply(spec, res.config)
+        lower, digest = ":".join(res.lowers), res.digest
+    upper, work = r.store.fs(id)
+    size = len(overlay_data(lower, upper, work))
+    if size > MOUNT_DATA_MAX:
+        raise InvalidArgument(f"image {spec.image} has {lower.count(':') + 1} layers: their paths make "
+                              f"{size} bytes of overlay options, more than the kernel's {MOUNT_DATA_MAX}")
+    return lower, digest
 
 
 def _pick_id(spec: ContainerSpec, key: str) -> str:
@@ -77,7 +92,8 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
         raise AlreadyExists(f"container name {id!r} is already in use")
     r.reserved.add(id)
     try:
-        meta = Meta(spec=spec, lower=_lower(r, spec), created_at=time.time_ns(), request_key=key)
+        lower, digest = _resolve(r, spec, id)
+        meta = Meta(spec=spec, lower=lower, created_at=time.time_ns(), request_key=key, image_digest=digest)
         e = Entry(meta, state=STATES[CREATING], status=r.events.status(id))
         r.store.set_intent(id, "create", key)
         try:
@@ -155,12 +171,14 @@ async def start(r: Registry, e: Entry, key: str = "") -> None:
 
 
 async def stop(r: Registry, e: Entry, grace: float, key: str = "") -> dict | None:
-    """SIGTERM, then SIGKILL after grace seconds, as docker stop; the exit (None if it never ran)."""
+    """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after grace seconds, as docker stop;
+    the exit (None if it never ran)."""
     probe = await r.probe(e, timeout=5.0)
     if probe.status == STOPPED or e.lost:
         return e.exit
     if probe.status != CREATED and grace > 0:
-        await r.call(e, "kill", {"signal": int(signal.SIGTERM)}, key=step(key, "term"))
+        sig = parse_signal(e.meta.spec.stop_signal) if e.meta.spec.stop_signal else int(signal.SIGTERM)
+        await r.call(e, "kill", {"signal": sig}, key=step(key, "term"))
         faults.point("stop:signalled")
         res = await r.call(e, "wait", {"timeout": grace}, timeout=grace + 10)
         if res.get("exited"):  # type: ignore[union-attr]

@@ -27,6 +27,7 @@ from shimproto.rpc import AsyncClient
 from . import faults, launcher
 from .entry import Entry
 from .events import EventLog
+from .images.service import Images
 from .store import Store
 
 log = logging.getLogger("shimd.manager")
@@ -97,6 +98,18 @@ class Registry:
         self.entries: dict[str, Entry] = {}
         self.reserved: set[str] = set()  # ids of creates under way
         self.tasks: set[asyncio.Task] = set()
+        self._images: Images | None = None
+
+    @property
+    def images(self) -> Images:
+        """The image store, opened on first use (opening it collects what a crash left: see images/content.py)."""
+        if self._images is None:
+            self._images = Images(self.store.root, self.store.images_in_use)
+        return self._images
+
+    def image_users(self) -> dict[str, list[str]]:
+        """image digest -> ids of the containers that run it (every container with metadata on disk)."""
+        return self.store.images_in_use()[1]
 
     # --- the table -----------------------------------------------------------------------------------------
 
@@ -243,6 +256,8 @@ class Registry:
         out = {
             "id": e.id,
             "image": spec.image,
+            "image_digest": e.meta.image_digest,
+            "labels": spec.labels,
             "rootfs": e.meta.lower,
             "args": spec.args,
             "hostname": spec.hostname or e.id,

@@ -26,9 +26,10 @@ class Meta:
     """What was asked for (the spec, its id filled in), what it resolved to, and when."""
 
     spec: ContainerSpec
-    lower: str  # the read-only tree under the overlay: the image's or the --rootfs directory
+    lower: str  # the read-only trees under the overlay, top first, ':'-joined: the image's layers or --rootfs
     created_at: int = 0
     request_key: str = ""  # the client's key of the create call, so a repeat of it is recognised
+    image_digest: str = ""  # the manifest digest of the stored image it runs ("" : built-in or --rootfs)
 
     @property
     def id(self) -> str:
@@ -36,7 +37,7 @@ class Meta:
 
     def to_json(self) -> dict:
         return {"spec": self.spec.to_wire(), "lower": self.lower, "created_at": self.created_at,
-                "request_key": self.request_key}
+                "request_key": self.request_key, "image_digest": self.image_digest}
 
     @classmethod
     def from_json(cls, raw: object) -> Meta:
@@ -50,7 +51,7 @@ class Meta:
             raw = {**raw, "spec": flat}
         spec = ContainerSpec.from_wire(raw["spec"], "meta.json")
         return cls(spec=spec, lower=str(raw["lower"]), created_at=int(raw.get("created_at", 0)),
-                   request_key=str(raw.get("request_key", "")))
+                   request_key=str(raw.get("request_key", "")), image_digest=str(raw.get("image_digest", "")))
 
     @classmethod
     def placeholder(cls, id: str) -> Meta:
@@ -156,6 +157,22 @@ class Store:
             except (ValueError, TypeError, AttributeError, KeyError, ShimdError):
                 continue
         return out
+
+    def images_in_use(self) -> tuple[set[str], dict[str, list[str]]]:
+        """(lower directories, image digest -> container ids) of every container with metadata on disk, listed or
+        not: what the image store must keep. Read leniently: a file this cannot read keeps nothing."""
+        lowers: set[str] = set()
+        digests: dict[str, list[str]] = {}
+        for name in os.listdir(self.containers):
+            try:
+                raw = read_json(os.path.join(self.containers, name, "meta.json"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(raw, dict):
+                lowers.update(str(raw.get("lower", "")).split(":"))
+                if raw.get("image_digest"):
+                    digests.setdefault(str(raw["image_digest"]), []).append(name)
+        return lowers - {""}, digests
 
     def remove(self, id: str) -> None:
         self.remove_data(id)

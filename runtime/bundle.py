@@ -48,6 +48,7 @@ class Spec:
     memory_limit: int | None = None
     pids_limit: int | None = None
     binds: list[BindMount] = field(default_factory=list)  # after the standard mounts, in this order
+    user: dict | None = None  # {uid, gid, additionalGids?}; None: root
 
     def to_oci(self) -> dict:
         resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -59,7 +60,7 @@ class Spec:
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": self.terminal,
-                "user": {"uid": 0, "gid": 0},
+                "user": self.user or {"uid": 0, "gid": 0},
                 "args": self.args,
                 "env": self.env,
                 "cwd": self.cwd,

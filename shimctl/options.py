@@ -11,7 +11,6 @@ import time
 
 from .exitcodes import Usage
 
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 
 
@@ -94,7 +93,8 @@ def parse_detach_keys(text: str) -> bytes:
 
 
 def env_list(items: list[str]) -> list[str]:
-    """-e NAME=VALUE as given; -e NAME takes our own value (skipped when unset); PATH added when missing."""
+    """-e NAME=VALUE as given; -e NAME takes our own value (skipped when unset). The manager adds PATH when the
+    image's Env and these have none (the image's PATH is kept: a default here would replace it)."""
     out = []
     for item in items:
         if "=" not in item:
@@ -103,8 +103,6 @@ def env_list(items: list[str]) -> list[str]:
                 continue
             item = f"{item}={value}"
         out.append(item)
-    if out and not any(x.startswith("PATH=") for x in out):
-        out.insert(0, DEFAULT_PATH)
     return out
 
 

@@ -83,8 +83,9 @@ class Container:
     async def create(self, req: ShimCreate) -> None:
         if self.init is not None:
             raise InvalidState(f"container {self.id} is already created")
-        if not os.path.isdir(req.lower):
-            raise InvalidArgument(f"rootfs {req.lower} is not a directory")
+        for lower in req.lower.split(":"):
+            if not os.path.isdir(lower):
+                raise InvalidArgument(f"rootfs {lower} is not a directory")
         spec = req.spec
         for d in (req.upper, req.work, self.rootfs, os.path.dirname(req.log_path)):
             os.makedirs(d, mode=0o711, exist_ok=True)
@@ -96,6 +97,7 @@ class Container:
                 cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
                 memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
                 binds=write_etc_files(req.files_dir, hostname),
+                user=resolve_user(self.rootfs, spec.user) if spec.user else None,
             ))
             self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
             self.init = await self._create_init(req)

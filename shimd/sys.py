@@ -9,6 +9,8 @@ import os
 import signal
 import time
 
+from shimproto.spec import MOUNT_DATA_MAX, overlay_data
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_MEMORY_MERGE = 67
 CLONE_NEWNS = 0x00020000
@@ -45,7 +47,10 @@ def private_mount_namespace() -> None:
 
 
 def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
-    data = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    """lower: one directory or several, ':'-joined, top first."""
+    data = overlay_data(lower, upper, work).encode()
+    if len(data) > MOUNT_DATA_MAX:
+        raise OSError(errno.E2BIG, f"mount overlay on {target}: {len(data)} bytes of options, more than a page")
     _check(_libc.mount(b"overlay", target.encode(), b"overlay", 0, data), f"mount overlay on {target}")
 
 

@@ -70,6 +70,12 @@ class CannotInvoke(ShimdError):
     code = "cannot_invoke"
 
 
+class Unauthenticated(ShimdError):
+    """A registry wants credentials we do not have, or refused the ones given."""
+
+    code = "unauthenticated"
+
+
 class Internal(ShimdError):
     code = "internal"
 
@@ -77,7 +83,7 @@ class Internal(ShimdError):
 _BY_CODE: dict[str, type[ShimdError]] = {
     cls.code: cls
     for cls in (NotFound, AlreadyExists, InvalidArgument, InvalidState, Unavailable, DeadlineExceeded,
-                RuntimeFailed, CommandNotFound, CannotInvoke, Internal)
+                RuntimeFailed, CommandNotFound, CannotInvoke, Unauthenticated, Internal)
 }
 
 

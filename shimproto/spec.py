@@ -14,17 +14,24 @@ from .errors import InvalidArgument
 from .wire import Params
 
 MIN_MEMORY = 4 * 1024 * 1024
+MOUNT_DATA_MAX = 4095  # mount(2) copies one page of options: a longer lowerdir list is cut, not refused
+
+
+def overlay_data(lower: str, upper: str, work: str) -> str:
+    """overlay's mount options; lower is ':'-joined, top first. The manager checks its length against
+    MOUNT_DATA_MAX before a create; the shim mounts exactly this."""
+    return f"lowerdir={lower},upperdir={upper},workdir={work}"
 MAX_LIMIT = 2**63 - 1  # what the kernel's cgroup files and runc's int64 fields can hold
 
 
 @dataclass
 class ContainerSpec:
-    args: list[str]
+    args: list[str]  # with an image: docker's CMD ([] : the image's); with --rootfs: the whole command
     id: str = ""  # "" : the manager picks one
-    image: str = ""  # a built-in image name; exactly one of image and rootfs
+    image: str = ""  # an image reference (a stored image, or the built-in busybox); exactly one of image and rootfs
     rootfs: str = ""  # an absolute host directory, used read-only under an overlay
-    env: list[str] = field(default_factory=list)
-    cwd: str = "/"
+    env: list[str] = field(default_factory=list)  # after the image's Env, replacing its names
+    cwd: str = "/"  # "" : the image's WorkingDir, else /
     hostname: str = ""  # "" : the container id
     tty: bool = False
     stdin: bool = False
@@ -33,6 +40,10 @@ class ContainerSpec:
     log_max_size: int | None = None  # 0: never rotate; None: the manager's configured default
     log_max_files: int | None = None
     auto_remove: bool = False
+    entrypoint: list[str] | None = None  # None: the image's; [] : none (docker's --entrypoint "")
+    user: str = ""  # "" : the image's User, else root; UID[:GID] or NAME[:GROUP] of the container's /etc/passwd
+    stop_signal: str = ""  # "" : the image's StopSignal, else SIGTERM
+    labels: dict[str, str] = field(default_factory=dict)  # over the image's Labels
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -45,17 +56,19 @@ class ContainerSpec:
         p = Params(f"{what}: spec", raw)
         spec = cls(
             args=p.strlist("args", required=True), id=p.str("id", ""), image=p.str("image", ""),
-            rootfs=p.str("rootfs", ""), env=p.strlist("env"), cwd=p.str("cwd", "/") or "/",
+            rootfs=p.str("rootfs", ""), env=p.strlist("env"), cwd=p.str("cwd", "/"),
             hostname=p.str("hostname", ""), tty=p.bool("tty"), stdin=p.bool("stdin"),
             memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
             log_max_size=p.int("log_max_size"), log_max_files=p.int("log_max_files"),
             auto_remove=p.bool("auto_remove"),
+            entrypoint=(p.strlist("entrypoint"), None)[raw.get("entrypoint") is None],  # read either way: None or []
+            user=p.str("user", ""), stop_signal=p.str("stop_signal", ""), labels=p.map("labels", {}),
         )
         spec.check()
         return spec
 
     def check(self) -> None:
-        if not self.args:
+        if not self.args and not self.image:
             raise InvalidArgument("no command given for the container")
         if bool(self.image) == bool(self.rootfs):
             raise InvalidArgument("give exactly one of an image or --rootfs DIR")
@@ -66,8 +79,10 @@ class ContainerSpec:
         if self.log_max_size is not None and not 0 <= self.log_max_size <= MAX_LIMIT or \
                 self.log_max_files is not None and not 2 <= self.log_max_files <= 1000:
             raise InvalidArgument("log max-size must be >= 0 and max-file between 2 and 1000")
-        if not self.cwd.startswith("/"):
+        if self.cwd and not self.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):
+            raise InvalidArgument("labels must map strings to strings")
 
 
 @dataclass
@@ -75,7 +90,7 @@ class ShimCreate:
     """The shim's create request: the spec plus the paths the manager chose for it."""
 
     spec: ContainerSpec
-    lower: str  # the read-only tree under the overlay (image or --rootfs)
+    lower: str  # the read-only trees under the overlay, top first, ':'-joined as overlay's lowerdir takes them
     upper: str
     work: str
     log_path: str

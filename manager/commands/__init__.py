@@ -19,6 +19,13 @@ from . import (
     delete,
     events,
     exec,
+    image_import,
+    image_inspect,
+    image_prune,
+    image_remove,
+    image_save,
+    image_tag,
+    images,
     info,
     inspect,
     kill,
@@ -26,6 +33,8 @@ from . import (
     logs,
     ping,
     proxy,
+    pull,
+    push,
     restart,
     start,
     stop,
@@ -34,7 +43,8 @@ from . import (
 )
 from .params import request_key
 
-MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info)
+MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info,
+           pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save)
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:

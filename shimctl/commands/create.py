@@ -24,7 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="container id")
     p.add_argument("--rootfs", help="use this directory (read-only, under an overlay) instead of an image")
     p.add_argument("-e", "--env", action="append", default=[], help="environment variable NAME=VALUE")
-    p.add_argument("-w", "--workdir", default="/", help="working directory inside the container")
+    p.add_argument("-w", "--workdir", default="", help="working directory inside the container (default: the "
+                   "image's, else /)")
+    p.add_argument("--entrypoint", help="run this instead of the image's Entrypoint (its Cmd is dropped too); "
+                   "\"\" for none")
+    p.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP] (default: the image's User)")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
+    p.add_argument("--stop-signal", default="", help="signal that stop sends first (default: the image's, "
+                   "else SIGTERM)")
     p.add_argument("--memory", type=options.parse_size, help="memory limit, e.g. 64m")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
@@ -43,10 +50,14 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
         image, cmd = rest[0], rest[1:]
     else:
         raise exitcodes.Usage(f"{verb} needs an IMAGE or --rootfs DIR")
-    return ContainerSpec(args=cmd or ["sh"], id=a.name or "", image=image,
+    entrypoint = None if a.entrypoint is None else [a.entrypoint] if a.entrypoint else []
+    labels = dict(x.partition("=")[::2] for x in a.label)
+    return ContainerSpec(args=cmd if image or cmd else ["sh"], id=a.name or "", image=image,
                          rootfs=os.path.abspath(a.rootfs) if a.rootfs else "", env=options.env_list(a.env),
-                         cwd=a.workdir, tty=a.tty, stdin=a.interactive, memory_limit=a.memory,
-                         pids_limit=a.pids_limit, auto_remove=auto_remove, **options.log_opts(a.log_opt))
+                         cwd=a.workdir or ("" if image else "/"), tty=a.tty, stdin=a.interactive,
+                         memory_limit=a.memory, pids_limit=a.pids_limit, auto_remove=auto_remove,
+                         entrypoint=entrypoint, user=a.user, stop_signal=a.stop_signal, labels=labels,
+                         **options.log_opts(a.log_opt))
 
 
 def create(cli: Cli, s: ContainerSpec, start: bool) -> str:
