@@ -22,6 +22,13 @@ POINTS = (
     "restore:scanned",      # metadata read, nothing reconnected or repaired yet
     "restore:half",         # half of the containers restored
 )
+# the image store's points: tests/test_images_crash.py kills the manager at each (the chaos rounds do no image
+# operations yet, so these are kept out of POINTS, which the chaos suite must reach every one of)
+IMAGE_POINTS = (
+    "image:fetched",        # a pull's or import's layout is under ingest/, nothing of it in the store
+    "image:unpacked",       # its blobs and layers are in the store, the index does not list them yet
+    "image:untagged",       # an image removal wrote the index, its blobs and layers not yet collected
+)
 
 _armed = frozenset(p for p in os.environ.get("SHIMD_FAULTS", "").split(",") if p)
 

@@ -110,7 +110,7 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
     "push": {"ref": "str", "dest": "str", "tls_verify": "bool", "authfile": "str"},
     "images": {}, "image_inspect": {"ref": "str"}, "image_remove": {"ref": "str", "force": "bool"},
     "image_prune": {"all": "bool"}, "image_tag": {"source": "str", "target": "str"},
-    "image_import": {"path": "str", "tag": "str", "platform": "str"},
+    "image_import": {"path": "str", "tag": "str", "platform": "str", "ref": "str"},
     "image_save": {"ref": "str", "path": "str", "format": "str"},
     "write_stdin": {"id": "str", "exec_id": "str", "data": "bytes"},
     "close_stdin": {"id": "str", "exec_id": "str"},
@@ -882,7 +882,7 @@ def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
             ("push", {"ref": "none", "dest": "", "tls_verify": True, "authfile": ""}), ("images", {}),
             ("image_inspect", {"ref": "none"}), ("image_remove", {"ref": "none", "force": False}),
             ("image_prune", {"all": False}), ("image_tag", {"source": "none", "target": "x"}),
-            ("image_import", {"path": "/nonexistent", "tag": "", "platform": ""}),
+            ("image_import", {"path": "/nonexistent", "tag": "", "platform": "", "ref": ""}),
             ("image_save", {"ref": "none", "path": "/nonexistent/x", "format": "docker"}),
         ])
     finally:

@@ -1,8 +1,9 @@
-"""image_import {path, tag?, platform?, key?} -> image view (as pull's)
+"""image_import {path, tag?, ref?, platform?, key?} -> image view (as pull's)
 
 Imports a docker archive (`docker save`), an OCI archive or an OCI layout directory (an absolute path the manager
 can read) through skopeo into the content store, as a pull does. Tags: tag if given, else the names the archive
-carries (docker's RepoTags, OCI ref names that are whole references), else none. Errors: invalid_argument (not an
+carries (docker's RepoTags, OCI ref names that are whole references), else none. ref picks one image of an
+archive or layout that holds several. Errors: invalid_argument (not an
 archive, digest mismatch, hostile layer), not_found (no such file).
 """
 
@@ -17,4 +18,4 @@ NAME = "image_import"
 
 
 async def handle(m: Registry, p: Params) -> dict:
-    return await m.images.import_(p.str("path", required=True), p.str("tag", ""), platform(p))
+    return await m.images.import_(p.str("path", required=True), p.str("tag", ""), platform(p), p.str("ref", ""))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from runtime.skopeo import CopyOpts, Platform, Skopeo, SkopeoError, transport
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 
+from .. import faults
 from . import builtin, oci, reference
 from .config import DEFAULT_PATH
 from .content import ContentStore, Image, Index
@@ -98,8 +99,12 @@ def archive_kind(path: str) -> str:
             names = {m.name.lstrip("./") for m in tf}
     except FileNotFoundError:
         raise NotFound(f"import: no such file {path}") from None
-    except (OSError, tarfile.TarError) as e:
-        raise InvalidArgument(f"import: {path} is not a tar archive: {e}") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"import: {path} is not a tar archive") from None
+    except OSError as e:
+        raise InvalidArgument(f"import: cannot read {path}: {e.strerror}") from None
+    except tarfile.TarError:
+        raise InvalidArgument(f"import: {path} is not a tar archive (plain, gzip, bzip2 or xz)") from None
     if "oci-layout" in names:
         return "oci-archive"
     if "manifest.json" in names:
@@ -166,9 +171,11 @@ class Images:
             except SkopeoError as e:
                 raise from_skopeo(e, source) from None
             t.move("fetched")
+            faults.point("image:fetched")
             async with self.lock:
                 try:
                     img, _ = await asyncio.to_thread(oci.import_layout, self.content, t.layout, str(platform))
+                    faults.point("image:unpacked")
                     index = self.content.load()
                     index.images.setdefault(img.digest, img)
                     for tag in tags:
@@ -196,11 +203,15 @@ class Images:
         return await self._transfer(str(ref), transport("docker", str(ref)), opts, platform,
                                     [str(ref)] if ref.tag and not ref.digest else [])
 
-    async def import_(self, path: str, tag: str, platform: Platform) -> dict:
+    async def import_(self, path: str, tag: str, platform: Platform, ref: str = "") -> dict:
+        """ref picks one image of an archive or layout holding several (a docker archive's name, a layout's
+        ref name)."""
         kind = archive_kind(path)
         names = [str(reference.tagged(tag))] if tag else \
             [str(reference.tagged(n)) for n in await asyncio.to_thread(_names_in_archive, path)]
-        return await self._transfer(path, transport(kind, path), CopyOpts(), platform, names)
+        if kind == "oci" and ":" in ref:
+            raise InvalidArgument(f"import: ref {ref!r}: an OCI layout's ref name has no ':'")
+        return await self._transfer(path, transport(kind, path, ref), CopyOpts(), platform, names)
 
     # --- names ---------------------------------------------------------------------------------------------
 
@@ -232,6 +243,7 @@ class Images:
             if not using:
                 index.images.pop(img.digest)
             self.content.save(index)
+            faults.point("image:untagged")
             if not using:
                 await asyncio.to_thread(self.content.gc, self.in_use()[0])
         return {"untagged": [reference.parse(t).familiar for t in tags], "deleted": [] if using else [img.digest]}
