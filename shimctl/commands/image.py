@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from shimproto.errors import ShimdError
-
-from .. import exitcodes, render
+from .. import exitcodes
 from ..cli import Cli
-from . import images, pull, push, rmi, tag
+from . import images, inspect, pull, push, rmi, tag
 from ._imageopts import TIMEOUT
 
 HELP = "manage images"
@@ -41,15 +38,7 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
     if a.image_cmd in SAME:
         return SAME[a.image_cmd].run(cli, a)
     if a.image_cmd == "inspect":
-        out, rc = [], 0
-        for ref in a.refs:
-            try:
-                out.append(cli.call("image_inspect", {"ref": ref}))
-            except ShimdError as e:
-                print(f"shimctl: {e.message}", file=sys.stderr)
-                rc = 1
-        print(render.to_json(out))
-        return rc
+        return inspect.inspect_each(cli, "image_inspect", "ref", a.refs)
     if a.image_cmd == "prune":
         res: dict = cli.call("image_prune", {"all": a.all}, timeout=TIMEOUT)  # type: ignore[assignment]
         for d in res["deleted"]:

@@ -19,10 +19,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cli: Cli, a: argparse.Namespace) -> int:
+    return inspect_each(cli, "inspect", "id", a.ids)
+
+
+def inspect_each(cli: Cli, method: str, param: str, names: list[str]) -> int:
+    """One JSON array of method's view of each name; a line on stderr (and exit 1) for each one that failed."""
     out, rc = [], 0
-    for id in a.ids:
+    for name in names:
         try:
-            out.append(cli.call("inspect", {"id": id}))
+            out.append(cli.call(method, {param: name}))
         except ShimdError as e:
             print(f"shimctl: {e.message}", file=sys.stderr)
             rc = 1
