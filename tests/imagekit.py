@@ -144,3 +144,27 @@ def is_whiteout(path: str) -> bool:
     st = os.lstat(path)
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
+
+
+def add_index(lay: Layout, tag: str, platforms: dict[str, str]) -> None:
+    """Tag a multi-platform index in lay: {"linux/amd64": "app", ...}, each platform the manifest of that tag."""
+    import hashlib
+    import json
+
+    with open(os.path.join(lay.dir, "index.json")) as f:
+        top = json.load(f)
+    by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in top["manifests"]}
+    manifests = []
+    for platform, src in platforms.items():
+        os_, arch = platform.split("/")
+        d = {k: by_tag[src][k] for k in ("mediaType", "digest", "size")}
+        manifests.append({**d, "platform": {"os": os_, "architecture": arch}})
+    blob = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": manifests}).encode()
+    digest = hashlib.sha256(blob).hexdigest()
+    with open(os.path.join(lay.dir, "blobs", "sha256", digest), "wb") as f:
+        f.write(blob)
+    top["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}",
+                             "size": len(blob), "annotations": {"org.opencontainers.image.ref.name": tag}})
+    with open(os.path.join(lay.dir, "index.json"), "w") as f:
+        json.dump(top, f)

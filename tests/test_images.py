@@ -34,6 +34,9 @@ def reg():
 
         lay.layer("other", own_layer)
         lay.push("other", f"{r.addr}/test/other:1")
+        imagekit.add_index(lay, "multi", {"linux/amd64": "app", "linux/arm64": "other"})
+        imagekit.run("skopeo", "copy", "--all", "--dest-tls-verify=false", f"oci:{lay.dir}:multi",
+                     f"docker://{r.addr}/test/multi:1")
         yield r, lay
     finally:
         r.stop()
@@ -99,6 +102,22 @@ def test_a_second_image_sharing_the_base_unpacks_only_its_own_layer(env, reg):
     assert 0 < grown < base_use / 20, f"the second image added {grown} bytes of layers beside the base's {base_use}"
     assert env.ok("run", "--rm", f"{r.addr}/test/other:1", "cat", "/data/other.txt", "/data/gone.txt").out == \
         "other\ndeleted later\n"
+
+
+def test_a_multi_platform_index_gives_the_image_of_the_platform_asked_for(env, reg):
+    r, _ = reg
+    multi = f"{r.addr}/test/multi:1"
+    arch = os.uname().machine
+    if arch != "x86_64":
+        pytest.skip("the index holds linux/amd64 and linux/arm64; the default pick is checked on amd64")
+    pull(env, multi)
+    assert env.ok("run", "--rm", multi, "amd64").out == "amd64\n"  # app's entrypoint echoes
+    env.ok("rmi", multi)
+    env.ok("pull", "--tls-verify=false", "--platform", "linux/arm64", multi, timeout=120)
+    img = env.ok("image", "inspect", multi).json()[0]
+    assert img["platform"] == "linux/arm64" and len(img["layers"]) == 2  # other: the base and its own layer
+    res = env.ctl("pull", "--tls-verify=false", "--platform", "linux/s390x", multi, timeout=120)
+    assert res.rc == 1 and len(res.err.splitlines()) == 1, res.err
 
 
 def test_docker_and_oci_archives_import_as_the_same_image(env, reg):
