@@ -48,10 +48,30 @@ def shim_alive(pid: int, id: str) -> bool:
 
 
 async def wait_gone(pid: int, id: str, timeout: float = 10.0) -> None:
+    """Until the shim pid of id has exited (at most timeout), woken by a pidfd at the moment it does."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while shim_alive(pid, id) and loop.time() < deadline:
-        await asyncio.sleep(0.02)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # a kernel without pidfds: poll
+        deadline = loop.time() + timeout
+        while shim_alive(pid, id) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return
+    try:
+        if not shim_alive(pid, id):  # checked after the open: a pid reused since is not waited on
+            return
+        exited = loop.create_future()
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await asyncio.wait_for(exited, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
 
 
 def read_pid(path: str) -> int:

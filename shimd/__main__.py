@@ -102,7 +102,7 @@ async def _serve(cfg: ShimConfig, log: logging.LoggerAdapter) -> None:
     _report(cfg.ready_fd, f"ok {os.getpid()}")
     log.info("serving on %s", cfg.socket)
     await service.stop.wait()
-    await asyncio.sleep(0.05)  # let the reply that asked us to stop leave
+    await server.drain(1.0)  # the reply that asked us to stop goes out (close's linger delivers it)
     serving.cancel()
     server.close(linger_ms=1000)
     ctx.term()

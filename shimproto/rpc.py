@@ -32,6 +32,7 @@ class Server:
         self.translate = translate
         self.log = log
         self._tasks: set[asyncio.Task] = set()
+        self._sending: set[asyncio.Task] = set()  # tasks whose reply is not yet handed to zmq
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
@@ -94,7 +95,20 @@ class Server:
         if len(data) > MAX_MESSAGE:  # e.g. an error message that quotes a huge input: cut the message, keep the code
             err = reply.get("error") or Internal("reply exceeds the message size limit").to_wire()
             data = encode({"id": reply.get("id"), "error": {"code": err["code"], "message": err["message"][:4096]}})
-        await self.sock.send_multipart([ident, data])
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
+        try:
+            await self.sock.send_multipart([ident, data])
+        finally:
+            self._sending.discard(task)  # type: ignore[arg-type]
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most timeout) until every reply being sent is handed to zmq, whose linger then delivers it.
+        A reply usually is by the time its handler returns (zmq takes it at once unless its queue is full)."""
+        await asyncio.sleep(0)
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
 
     def close(self, linger_ms: int = 0) -> None:
         """Stop serving; replies already queued get linger_ms to reach their peers."""
