@@ -94,6 +94,8 @@ def archive_kind(path: str) -> str:
         if os.path.isfile(os.path.join(path, "oci-layout")):
             return "oci"
         raise InvalidArgument(f"import: {path} is a directory but not an OCI layout (no oci-layout file)")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise InvalidArgument(f"import: {path} is neither a regular file nor a directory")
     try:
         with tarfile.open(path) as tf:
             names = {m.name.lstrip("./") for m in tf}
@@ -206,7 +208,7 @@ class Images:
     async def import_(self, path: str, tag: str, platform: Platform, ref: str = "") -> dict:
         """ref picks one image of an archive or layout holding several (a docker archive's name, a layout's
         ref name)."""
-        kind = archive_kind(path)
+        kind = await asyncio.to_thread(archive_kind, path)  # it reads the whole archive's headers
         names = [str(reference.tagged(tag))] if tag else \
             [str(reference.tagged(n)) for n in await asyncio.to_thread(_names_in_archive, path)]
         if kind == "oci" and ":" in ref:
