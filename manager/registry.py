@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 import zmq.asyncio
@@ -27,8 +28,11 @@ from shimproto.rpc import AsyncClient
 from . import faults, launcher
 from .entry import Entry
 from .events import EventLog
-from .images.service import Images
 from .store import Store
+from .streams import Streams
+
+if TYPE_CHECKING:
+    from .images.service import Images
 
 log = logging.getLogger("shimd.manager")
 
@@ -119,11 +123,14 @@ class Registry:
         self.reserved: set[str] = set()  # ids of creates under way
         self.tasks: set[asyncio.Task] = set()
         self._images: Images | None = None
+        self.streams = Streams()  # export's tars on their way out
 
     @property
     def images(self) -> Images:
         """The image store, opened on first use (opening it collects what a crash left: see images/content.py)."""
         if self._images is None:
+            from .images.service import Images  # loaded on first use: a manager's start (a restore) never pays for it
+
             self._images = Images(self.store.root, self.store.images_in_use)
         return self._images
 

@@ -15,10 +15,13 @@ from shimproto.wire import Params
 
 from ..registry import Registry
 from . import (
+    commit,
     create,
     delete,
     events,
     exec,
+    export,
+    export_read,
     image_import,
     image_inspect,
     image_prune,
@@ -44,7 +47,8 @@ from . import (
 from .params import request_key
 
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info,
-           pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save)
+           pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save,
+           export, export_read, commit)
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:

@@ -85,6 +85,10 @@ def config_of(store: ContentStore, img: Image) -> dict:
     return _json(store.blob_path(img.config), f"image config {img.config}")
 
 
+def manifest_of(store: ContentStore, img: Image) -> dict:
+    return _json(store.blob_path(img.digest), f"manifest {img.digest}")
+
+
 def write_layout(store: ContentStore, img: Image, dest: str, ref_name: str) -> None:
     """An OCI layout at dest (an empty directory under ingest/) holding img, its blobs hard links to ours."""
     blobs = os.path.join(dest, "blobs", "sha256")
@@ -94,7 +98,7 @@ def write_layout(store: ContentStore, img: Image, dest: str, ref_name: str) -> N
         if not os.path.exists(link):
             os.link(store.blob_path(digest), link)
     manifest_path = store.blob_path(img.digest)
-    media = _json(manifest_path, f"manifest {img.digest}").get("mediaType", OCI_MANIFEST)
+    media = manifest_of(store, img).get("mediaType", OCI_MANIFEST)
     desc = {"mediaType": media, "digest": img.digest, "size": os.path.getsize(manifest_path)}
     if ref_name:
         desc["annotations"] = {REF_NAME: ref_name}

@@ -13,13 +13,14 @@ import os
 import shutil
 import tarfile
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from runtime.skopeo import CopyOpts, Platform, Skopeo, SkopeoError, transport
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 
 from .. import faults
-from . import builtin, oci, reference
+from . import builtin, commit, oci, reference, rootfs
 from .config import DEFAULT_PATH
 from .content import ContentStore, Image, Index
 from .errors import from_skopeo
@@ -214,6 +215,44 @@ class Images:
         if kind == "oci" and ":" in ref:
             raise InvalidArgument(f"import: ref {ref!r}: an OCI layout's ref name has no ':'")
         return await self._transfer(path, transport(kind, path, ref), CopyOpts(), platform, names)
+
+    async def commit(self, lowers: list[str], upper: str, image_digest: str, tag: str, comment: str, author: str,
+                     hold: AbstractAsyncContextManager) -> dict:
+        """A new image: the container's image (image_digest; "" : its lower trees as a base layer) plus its upper
+        directory as one layer, read while hold is held (the container paused); tagged tag when given."""
+        new_tag = str(reference.tagged(tag)) if tag else ""
+        index = self.content.load()
+        base_img = index.images.get(image_digest) if image_digest else None
+        if image_digest and base_img is None:
+            raise NotFound(f"commit: the container's image {image_digest} is not stored any more")
+        tmp = self.content.new_ingest("commit-")
+        try:
+            layers = []
+            if base_img is None:
+                layers.append(await asyncio.to_thread(commit.write_layer, rootfs.merged(lowers),
+                                                      os.path.join(tmp, "base.tar.gz")))
+            async with hold:
+                layers.append(await asyncio.to_thread(commit.write_layer, rootfs.diff(upper),
+                                                      os.path.join(tmp, "upper.tar.gz")))
+            base = commit.Base(base_img, oci.config_of(self.content, base_img) if base_img else
+                               {**BUILTIN_CONFIG, "rootfs": {"type": "layers", "diff_ids": []}})
+            async with self.lock:
+                try:
+                    img = await asyncio.to_thread(commit.store_image, self.content, tmp, base, layers, comment,
+                                                  author)
+                    faults.point("image:committed")
+                    index = self.content.load()
+                    index.images.setdefault(img.digest, img)
+                    if new_tag:
+                        index.tags[new_tag] = img.digest
+                    self.content.save(index)
+                except BaseException:
+                    await asyncio.to_thread(self.content.gc, self.in_use()[0])
+                    raise
+            log.info("committed image %s as %s", img.digest, new_tag or "<none>")
+            return self.view(index, index.images[img.digest])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # --- names ---------------------------------------------------------------------------------------------
 

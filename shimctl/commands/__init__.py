@@ -12,7 +12,7 @@ from types import ModuleType
 VERBS = (
     "run", "create", "start", "restart", "exec", "attach", "ps", "inspect", "logs", "wait", "kill", "stop", "rm",
     "pause", "unpause", "update", "stats", "top", "events", "version", "info",
-    "pull", "push", "images", "image", "tag", "rmi",
+    "pull", "push", "images", "image", "tag", "rmi", "export", "commit",
 )
 
 

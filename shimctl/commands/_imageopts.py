@@ -11,15 +11,16 @@ from ..render import human_size, table
 TIMEOUT = 3600.0  # a pull or push of a big image over a slow link
 
 
-def tls_flag(text: str) -> bool:
+def bool_flag(text: str) -> bool:
+    """--flag=BOOL (docker's boolean flags: true, false, 1, 0)."""
     low = text.lower()
     if low not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"invalid --tls-verify value {text!r} (true or false)")
+        raise argparse.ArgumentTypeError(f"invalid boolean value {text!r} (true or false)")
     return low in ("true", "1")
 
 
 def add_registry_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tls-verify", type=tls_flag, nargs="?", const=True, default=True, metavar="BOOL",
+    p.add_argument("--tls-verify", type=bool_flag, nargs="?", const=True, default=True, metavar="BOOL",
                    help="require HTTPS and valid certificates (--tls-verify=false for a plain-HTTP registry)")
     p.add_argument("--authfile", default="", help="docker-style auth file (default: $XDG_RUNTIME_DIR/containers/"
                    "auth.json, else ~/.docker/config.json, when one exists)")
