@@ -5,12 +5,14 @@ shim, finish or undo what a killed manager left half done); only then READY=1 wi
 at half the interval systemd asks for. SIGTERM/SIGINT: STOPPING=1, stop serving, exit 0, leaving every shim and
 container running (live-restore). The warm template (manager/launcher.py's Template) is started after restore,
 restarted whenever it dies, and killed on the way out (it dies with a SIGKILLed manager by its parent-death signal).
+Once serving, a background task opens the image store and collects what a killed manager left in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import grp
+import importlib
 import logging
 import os
 import resource
@@ -96,6 +98,21 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+async def collect_images(m: Registry) -> None:
+    """Collect what a manager killed mid-pull, mid-import or mid-removal left in the image store, once it serves:
+    off restore's path, so a start with many images and containers is not slowed down. A store never made stays
+    unopened (and unimported)."""
+    if not os.path.isdir(os.path.join(m.store.root, "images", "blobs")):
+        return
+    await asyncio.to_thread(importlib.import_module, "manager.images.service")  # its imports off the loop
+    try:
+        blobs, layers = await m.images.collect()
+    except Exception:
+        log.exception("image store: collecting garbage at start failed")
+        return
+    log.info("image store opened: %d blobs and %d layers nothing refers to were removed", blobs, layers)
+
+
 async def serve(cfg: Config) -> int:
     store = Store(cfg.root, cfg.state)
     _claim_pid_file(cfg.pid_file)
@@ -125,6 +142,7 @@ async def serve(cfg: Config) -> int:
         launcher.template = launcher.Template(memory_merge=cfg.memory_merge)
         launcher.template.begin()
     serving = asyncio.create_task(server.serve())
+    m.background(collect_images(m))
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
             f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "
             f"rolled back, {counts['rolled_forward']} deletes finished)")

@@ -127,7 +127,8 @@ class Registry:
 
     @property
     def images(self) -> Images:
-        """The image store, opened on first use (opening it collects what a crash left: see images/content.py)."""
+        """The image store, opened on first use (opening it empties ingest/; the manager collects its garbage once
+        after it starts serving: daemon.collect_images)."""
         if self._images is None:
             from .images.service import Images  # loaded on first use: a manager's start (a restore) never pays for it
 

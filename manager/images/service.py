@@ -123,7 +123,12 @@ class Images:
         self.in_use = in_use  # (lower dirs, image digests) of every container on disk
         self.lock = asyncio.Lock()
         self.transfers: dict[str, Transfer] = {}
-        self.content.gc(in_use()[0])
+
+    async def collect(self) -> tuple[int, int]:
+        """Remove what no image lists and no container uses (what a crash mid-pull or mid-removal left):
+        (blobs, layers) removed. The manager runs it once after it starts serving (daemon.collect_images)."""
+        async with self.lock:
+            return await asyncio.to_thread(lambda: self.content.gc(self.in_use()[0]))
 
     def skopeo(self, platform: Platform) -> Skopeo:
         return Skopeo(AsyncMonitor(), platform=platform, tmpdir=self.content.ingest)
