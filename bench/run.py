@@ -33,6 +33,7 @@ import tempfile
 import time
 
 import figures
+import images
 import psutil
 import report
 from containerd import Containerd
@@ -57,6 +58,8 @@ def options() -> argparse.Namespace:
                     help="running containers per system for the memory and restore figures")
     ap.add_argument("--scale", type=int, default=_env_int("BENCH_SCALE", 0 if quick else 500),
                     help="containers running at once on shimd for the scale figures (0: skip)")
+    ap.add_argument("--images", type=int, default=_env_int("BENCH_IMAGES", 1 if quick else 5),
+                    help="pulls per system for the image figures (0: skip them)")
     ap.add_argument("--restores", type=int, default=_env_int("BENCH_RESTORES", 2 if quick else 5),
                     help="daemon restarts per restore figure")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT") or (
@@ -209,6 +212,10 @@ def measure(a: argparse.Namespace, base: str, prefix: str, started: float, out: 
     out["api"] = figures.api_start(shimd, runc, a.n, prefix)
     say(f"exit latency: {a.exits} kills each")
     out["exits"] = figures.exit_latency([shimd, ctd], a.exits, prefix)
+    if a.images:
+        t0 = time.monotonic()
+        out["images"] = images.measure(shimd, ctd, base, prefix, a.images)
+        out["took"]["images"] = time.monotonic() - t0
     t0 = time.monotonic()
     out["mem"] = figures.memory_and_restore([shimd, ctd], a.containers, a.restores, prefix, a.settle)
     out["took"]["mem"] = time.monotonic() - t0
@@ -284,6 +291,7 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
         "",
         *_merge_note(out["mem"]["shimd"].get("ksm")),
     ]
+    lines += images.section(out.get("images"), out["took"].get("images", 0))
     if "scale" in out:
         sc = out["scale"]
         lines += [f"## Scale: {sc['count']} containers running at once on shimd (goals 3 and 6)", "",
