@@ -4,12 +4,15 @@ the built-in busybox tree, pushed with skopeo."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 
@@ -24,16 +27,23 @@ def free_port() -> int:
 
 
 class Registry:
-    """docker-registry serving 127.0.0.1:<free port> from a temp dir; stop() removes the process and the dir."""
+    """docker-registry serving 127.0.0.1:<free port> from a temp dir; stop() removes the process and the dir.
+    With auth (user, password): htpasswd auth (a bcrypt entry made by apache2-utils' htpasswd)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="shimd-registry-")
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         config = os.path.join(self.dir, "config.yml")
+        text = (f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {self.dir}/data\n"
+                f"  delete:\n    enabled: true\nhttp:\n  addr: {self.addr}\n")
+        if auth:
+            with open(os.path.join(self.dir, "htpasswd"), "w") as f:
+                f.write(run("htpasswd", "-Bbn", *auth))
+            text += f"auth:\n  htpasswd:\n    realm: shimd-test\n    path: {self.dir}/htpasswd\n"
+        self.auth = auth
         with open(config, "w") as f:
-            f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {self.dir}/data\n"
-                    f"  delete:\n    enabled: true\nhttp:\n  addr: {self.addr}\n")
+            f.write(text)
         self.log = open(os.path.join(self.dir, "registry.log"), "wb")
         self.proc = subprocess.Popen(["docker-registry", "serve", config], stdout=self.log, stderr=self.log,
                                      stdin=subprocess.DEVNULL)
@@ -44,8 +54,17 @@ class Registry:
         try:
             with urllib.request.urlopen(f"http://{self.addr}/v2/", timeout=2) as r:
                 return r.status == 200
+        except urllib.error.HTTPError as e:
+            return e.code == 401 and self.auth is not None  # up, and asking for credentials
         except OSError:
             return False
+
+    def authfile(self, path: str, user: str, password: str) -> str:
+        """A docker-style auth file at path with these credentials for this registry."""
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        with open(path, "w") as f:
+            json.dump({"auths": {self.addr: {"auth": token}}}, f)
+        return path
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -88,8 +107,8 @@ class Layout:
     def config(self, tag: str, *flags: str) -> None:
         run("umoci", "config", "--image", f"{self.dir}:{tag}", *flags)
 
-    def push(self, tag: str, dest: str) -> None:
-        run("skopeo", "copy", "--dest-tls-verify=false", f"oci:{self.dir}:{tag}", f"docker://{dest}")
+    def push(self, tag: str, dest: str, *flags: str) -> None:
+        run("skopeo", "copy", "--dest-tls-verify=false", *flags, f"oci:{self.dir}:{tag}", f"docker://{dest}")
 
 
 def busybox_tree(rootfs: str) -> None:
@@ -149,7 +168,6 @@ def is_whiteout(path: str) -> bool:
 def add_index(lay: Layout, tag: str, platforms: dict[str, str]) -> None:
     """Tag a multi-platform index in lay: {"linux/amd64": "app", ...}, each platform the manifest of that tag."""
     import hashlib
-    import json
 
     with open(os.path.join(lay.dir, "index.json")) as f:
         top = json.load(f)

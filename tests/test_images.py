@@ -201,3 +201,40 @@ def test_a_failed_pull_says_why_in_one_line_and_keeps_nothing(env, reg):
     assert res.rc == 125 and "no such image" in res.err
     index = os.path.join(env.root, "images", "index.json")
     assert not os.path.exists(index) or json.load(open(index))["images"] == {}
+
+
+def test_a_registry_with_auth_needs_the_authfile_and_refuses_in_one_line_without(env, reg):
+    _, lay = reg
+    private = imagekit.Registry(auth=("tester", "s3cret"))
+    try:
+        ref = f"{private.addr}/test/private:1"
+        lay.push("base", ref, "--dest-creds", "tester:s3cret")
+        good = private.authfile(os.path.join(env.base, "auth.json"), "tester", "s3cret")
+        wrong = private.authfile(os.path.join(env.base, "wrong.json"), "tester", "nope")
+        for flags in ([], ["--authfile", wrong]):
+            res = env.ctl("pull", "--tls-verify=false", *flags, ref, timeout=120)
+            assert res.rc == 1 and len(res.err.splitlines()) == 1, res.err
+            assert res.err.startswith(f"shimctl: unauthenticated: {ref}: "), res.err
+        assert env.ok("images", "-q").out == "" and blobs(env) == []
+        res = env.ctl("pull", "--tls-verify=false", "--authfile", "/no/such/auth.json", ref)
+        assert res.rc == 1 and "/no/such/auth.json" in res.err and len(res.err.splitlines()) == 1
+        env.ok("pull", "--tls-verify=false", "--authfile", good, ref, timeout=120)
+        assert env.ok("run", "--rm", ref, "cat", "/data/kept.txt").out == "kept\n"
+    finally:
+        private.stop()
+
+
+def test_pull_by_digest_keeps_the_image_untagged_and_runs_it_by_that_digest(env, reg):
+    r, _ = reg
+    digest = json.loads(imagekit.run("skopeo", "inspect", "--tls-verify=false",
+                                     f"docker://{r.addr}/test/base:1"))["Digest"]
+    by_digest = f"{r.addr}/test/base@{digest}"
+    pull(env, by_digest)
+    views = env.ok("images", "--format", "json").json()
+    assert [(v["digest"], v["tags"]) for v in views] == [(digest, [])]
+    assert env.ok("run", "--rm", by_digest, "cat", "/data/gone.txt").out == "deleted later\n"
+    assert digest in env.ok("images", "--digests").out
+    for ref, words in ((f"{r.addr}/test/base@sha256:{'0' * 64}", "manifest unknown"),
+                       (f"{r.addr}/test/base@sha256:xyz", "invalid reference")):
+        res = env.ctl("pull", "--tls-verify=false", ref, timeout=120)
+        assert res.rc == 1 and words in res.err.lower() and len(res.err.splitlines()) == 1, res.err

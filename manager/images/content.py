@@ -11,7 +11,8 @@
 
 A crash between a blob's rename and the index's leaves a blob or layer nothing lists: gc() removes whatever no
 image and no container's overlay (its metadata's lower) refers to; it runs once after the manager starts serving
-(daemon.collect_images, in the background) and after every removal. A layer directory is written under ingest/ and renamed into layers/ whole, so it never is half there.
+(daemon.collect_images, in the background) and after every removal. A layer directory is written under ingest/ and
+renamed into layers/ whole, so it never is half there.
 """
 
 from __future__ import annotations

@@ -17,4 +17,7 @@ TABLE: tuple[tuple[type[skopeo.SkopeoError], type[ShimdError]], ...] = (
 
 def from_skopeo(e: skopeo.SkopeoError, what: str) -> ShimdError:
     cls = next((wire for kind, wire in TABLE if isinstance(e, kind)), InvalidArgument)
+    if cls is Unauthenticated:  # said first: skopeo's own words end a long line
+        return cls(f"unauthenticated: {what}: the registry refused the credentials, or none were given (an auth "
+                   f"file): {e.message}")
     return cls(f"{what}: {e.message}")
