@@ -24,7 +24,6 @@ from shimproto.spec import MOUNT_DATA_MAX, ContainerSpec, ShimCreate, overlay_da
 
 from . import faults, launcher
 from .entry import CREATING, STATES, Entry
-from .images import config as image_config
 from .registry import EVENT_POLL, SHIM_TIMEOUT, Registry, shim_alive, wait_gone
 from .store import Meta
 
@@ -47,6 +46,8 @@ def step(key: str, name: str) -> str:
 def _resolve(r: Registry, spec: ContainerSpec, id: str) -> tuple[str, str]:
     """The container's overlay lower dirs (':'-joined, top first) and image digest; the image's config applied
     to spec, so spec is what the shim runs."""
+    from .images import config as image_config  # the image code loads on first use: restores never pay for it
+
     if spec.rootfs:
         if not os.path.isabs(spec.rootfs):
             raise InvalidArgument(f"rootfs {spec.rootfs!r} must be an absolute path")

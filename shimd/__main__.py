@@ -17,10 +17,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
 from shimproto.model import check_id
+
+SPARE_ENV = "SHIMD_SPARE"  # "0" in the manager's environment: the template makes no spare shims
 
 
 @dataclass
@@ -109,14 +112,16 @@ async def _serve(cfg: ShimConfig, log: logging.LoggerAdapter) -> None:
     log.info("shim exiting")
 
 
-def serve(cfg: ShimConfig) -> int:
-    """The daemon half: we are already detached. Become subreaper, take a private mount namespace, serve."""
+def serve(cfg: ShimConfig, prepared: bool = False) -> int:
+    """The daemon half: we are already detached. Become subreaper, take a private mount namespace (a spare did
+    both before its request: prepared), serve."""
     from . import sys as _sys
 
     log = _logger(cfg)
     try:
-        _sys.set_child_subreaper()
-        _sys.private_mount_namespace()
+        if not prepared:
+            _sys.set_child_subreaper()
+            _sys.private_mount_namespace()
         with open(os.path.join(cfg.state_dir, "shim.pid"), "w") as f:
             f.write(f"{os.getpid()}\n")
         asyncio.run(_serve(cfg, log))
@@ -139,11 +144,40 @@ def start(cfg: ShimConfig) -> int:
         return serve(cfg)
 
 
+def _forked_config(req: dict, ready_fd: int) -> ShimConfig:
+    return ShimConfig(id=req["id"], state_dir=os.path.abspath(req["state"]), runtime=req["runtime"],
+                      runtime_root=req.get("runtime_root") or None, ready_fd=ready_fd, debug=bool(req.get("debug")))
+
+
 def _start_forked(req: dict, ready_fd: int) -> int:
     """`start` for a child of the template (shimd/template.py), from its request: the same config, the same path."""
-    return start(ShimConfig(id=req["id"], state_dir=os.path.abspath(req["state"]), runtime=req["runtime"],
-                            runtime_root=req.get("runtime_root") or None, ready_fd=ready_fd,
-                            debug=bool(req.get("debug"))))
+    return start(_forked_config(req, ready_fd))
+
+
+def spare(link: socket.socket) -> int:
+    """A spare shim (shimd/template.py's Spare): `start`'s detaching and `serve`'s subreaper and mount namespace
+    done ahead, then, once the template hands it a request, the rest of `serve` as any shim."""
+    import daemon
+
+    from . import sys as _sys
+    from .template import receive, take_cold_line
+
+    with daemon.DaemonContext(detach_process=True, working_directory="/", umask=0o022, signal_map={},
+                              files_preserve=[link.fileno()]):
+        _sys.set_child_subreaper()
+        _sys.private_mount_namespace()
+        got = receive(link)
+        if got is None:  # the template closed our link: no request will come
+            return 0
+        req, ready_fd = got
+        try:
+            take_cold_line(req, ready_fd)
+            cfg = _forked_config(req, ready_fd)
+            os.makedirs(cfg.state_dir, mode=0o711, exist_ok=True)
+        except Exception as e:
+            _report(ready_fd, f"error spare shim: {type(e).__name__}: {e}")
+            return 1
+        return serve(cfg, prepared=True)
 
 
 def delete(cfg: ShimConfig) -> int:
@@ -183,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "template":
         from .template import serve as template
 
-        return template(a.control_fd, a.parent, _start_forked, memory_merge=a.memory_merge)
+        return template(a.control_fd, a.parent, _start_forked, memory_merge=a.memory_merge,
+                        spare=None if os.environ.get(SPARE_ENV) == "0" else spare)
     try:
         check_id(a.id)
     except Exception as e:

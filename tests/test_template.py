@@ -83,8 +83,8 @@ def test_the_template_has_one_thread_and_no_zmq_context_or_event_loop(env):
     fds = {fd: os.readlink(f"/proc/{t}/fd/{fd}") for fd in os.listdir(f"/proc/{t}/fd")}
     # zmq contexts and asyncio loops show as eventfd/eventpoll; the manager's sockets and files would show too
     assert not [x for x in fds.values() if "eventfd" in x or "eventpoll" in x], fds
-    assert [fd for fd, x in fds.items() if x.startswith("socket:")] != [] and \
-        len([x for x in fds.values() if x.startswith("socket:")]) == 1, fds
+    # the manager's control socket, and the link to its spare once it has made one
+    assert 1 <= len([x for x in fds.values() if x.startswith("socket:")]) <= 2, fds
     assert not [x for x in fds.values() if env.base in x], fds
     assert psutil.Process(t).ppid() == env.manager_pid()
     assert env.base not in " ".join(psutil.Process(t).cmdline())  # the leak checks find a test's processes so
@@ -202,3 +202,58 @@ def test_a_request_the_template_reads_after_the_manager_gave_up_forks_no_shim(en
     assert not [p for p in psutil.process_iter(["cmdline"]) if late in (p.info["cmdline"] or [])]
     assert ping(env)["template"] == t
     env.ok("rm", "-f", after)
+
+
+def spares_of(env) -> list[psutil.Process]:
+    """The template's idle spare shims (at most one)."""
+    want = ["template", "--spare", "--parent", str(env.manager_pid())]
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want]
+
+
+def test_the_template_keeps_a_detached_spare_that_becomes_the_next_shim(env):
+    t = template_pid(env)
+    spare = wait_for(lambda: spares_of(env), 10, "a spare shim")[0]
+    assert spare.ppid() not in (t, env.manager_pid())  # detached like a shim: never the template's child
+    assert os.getsid(spare.pid) not in (os.getsid(t), os.getsid(env.manager_pid()))
+    assert os.readlink(f"/proc/{spare.pid}/ns/mnt") != os.readlink(f"/proc/{t}/ns/mnt")
+    assert [os.readlink(f"/proc/{spare.pid}/fd/{n}") for n in (0, 1, 2)] == ["/dev/null"] * 3
+    assert len(os.listdir(f"/proc/{spare.pid}/task")) == 1  # no zmq context, no loop before its request
+    id = env.name("spare")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
+    info = env.inspect(id)
+    assert info["shim_pid"] == spare.pid  # the spare became this container's shim
+    cmd = spare.cmdline()
+    assert cmd[1:5] == ["-m", "shimd", "start", "--id"] and cmd[5] == id
+    assert is_subreaper_of_init(env, id)
+    assert not socket_inodes(spare.pid) & socket_inodes(t)
+    assert env.ok("exec", id, "echo", "hi").out == "hi\n"
+    nxt = wait_for(lambda: spares_of(env), 10, "the next spare")[0]
+    assert nxt.pid != spare.pid
+    env.ok("rm", "-f", id)
+
+
+def test_an_idle_spare_exits_with_its_template_and_a_dead_spare_costs_nothing(env):
+    t = template_pid(env)
+    spare = wait_for(lambda: spares_of(env), 10, "a spare shim")[0]
+    os.kill(spare.pid, signal.SIGKILL)  # the next request finds it gone and is forked as before
+    assert wait_exit(spare.pid)
+    id = env.name("nospare")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
+    assert env.inspect(id)["status"] == "running" and is_subreaper_of_init(env, id)
+    assert "starting it cold" not in env.manager_log()  # forked by the template, not cold
+    spare = wait_for(lambda: spares_of(env), 10, "a new spare")[0]
+    os.kill(t, signal.SIGKILL)
+    assert wait_exit(spare.pid)  # its link to the template closed
+    assert psutil.pid_exists(env.inspect(id)["shim_pid"])
+    env.ok("rm", "-f", id)
+
+
+def test_without_spares_shims_are_forked_on_request(bare_env):
+    env = bare_env
+    env.start_manager(env={"SHIMD_SPARE": "0"})
+    template_pid(env)
+    id = env.name("direct")
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
+    assert spares_of(env) == []
+    assert shared_dirty_kib(env.inspect(id)["shim_pid"]) > 2048 and is_subreaper_of_init(env, id)
+    env.ok("rm", "-f", id)
