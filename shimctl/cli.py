@@ -17,7 +17,7 @@ DEFAULT_ADDRESS = "/run/shimd/shimd.sock"
 POLL = 20.0  # seconds a long-poll (wait, logs -f) may take on the manager's side
 # calls that may be sent again after the manager was restarted under us (queries and cursor-based polls)
 IDEMPOTENT = frozenset({"list", "inspect", "wait", "logs", "events", "stats", "top", "ping", "version", "info",
-                        "images", "image_inspect", "export"})
+                        "images", "image_inspect", "export", "transfers"})
 
 
 class Cli:

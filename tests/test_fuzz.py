@@ -112,6 +112,8 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
     "image_prune": {"all": "bool"}, "image_tag": {"source": "str", "target": "str"},
     "image_import": {"path": "str", "tag": "str", "platform": "str", "ref": "str"},
     "image_save": {"ref": "str", "path": "str", "format": "str"},
+    "export": {"id": "str"}, "export_read": {"stream": "str", "wait": "float"}, "transfers": {"ref": "str"},
+    "commit": {"id": "str", "ref": "str", "comment": "str", "author": "str", "pause": "bool"},
     "write_stdin": {"id": "str", "exec_id": "str", "data": "bytes"},
     "close_stdin": {"id": "str", "exec_id": "str"},
     "resize": {"id": "str", "exec_id": "str", "rows": "int", "cols": "int"},
@@ -884,6 +886,8 @@ def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
             ("image_prune", {"all": False}), ("image_tag", {"source": "none", "target": "x"}),
             ("image_import", {"path": "/nonexistent", "tag": "", "platform": "", "ref": ""}),
             ("image_save", {"ref": "none", "path": "/nonexistent/x", "format": "docker"}),
+            ("export", {"id": a}), ("export_read", {"stream": "none", "wait": 0}), ("transfers", {"ref": ""}),
+            ("commit", {"id": a, "ref": "", "comment": "", "author": "", "pause": True}),
         ])
     finally:
         client.close()

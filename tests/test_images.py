@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import subprocess
 import tempfile
@@ -12,6 +13,7 @@ import tempfile
 import pytest
 
 from tests import imagekit
+from tests.harness import PY, REPO
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -238,3 +240,32 @@ def test_pull_by_digest_keeps_the_image_untagged_and_runs_it_by_that_digest(env,
                        (f"{r.addr}/test/base@sha256:xyz", "invalid reference")):
         res = env.ctl("pull", "--tls-verify=false", ref, timeout=120)
         assert res.rc == 1 and words in res.err.lower() and len(res.err.splitlines()) == 1, res.err
+
+
+def test_pull_shows_its_progress_on_a_terminal_and_one_line_otherwise(env, reg):
+    r, _ = reg
+    base, app = f"{r.addr}/test/base:1", f"{r.addr}/test/app:1"
+    out = env.ok("pull", "--tls-verify=false", base, timeout=120).out
+    digest = env.ok("image", "inspect", base).json()[0]["digest"]
+    assert out == f"{base} {digest}\n"
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([PY, "-m", "shimctl", "--address", env.sock, "pull", "--tls-verify=false", app],
+                             stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert p.wait(120) == 0, p.stderr.read()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    finally:
+        os.close(master)
+    text = shown.decode().replace("\r\n", "\n")
+    assert "\r\x1b[Kpulled: 4/4 layers, " in text and "unpacked\n" in text  # the last line the terminal shows
+    assert text.endswith(f"{app} {env.ok('image', 'inspect', app).json()[0]['digest']}\n")

@@ -139,6 +139,25 @@ def test_the_transfer_state_table_is_closed_and_refuses_other_moves():
         t.move("stored")
 
 
+def test_a_transfer_counts_the_layers_skopeo_started_and_finished_and_the_bytes_in_hand(tmp):
+    layout = os.path.join(tmp, "layout")
+    os.makedirs(os.path.join(layout, "blobs", "sha256"))
+    t = pull.Transfer("src", layout)
+    assert t.view()["layers"] == 0  # skopeo has said nothing yet
+    done, busy = "a" * 64, "b" * 64
+    with open(t.progress_path, "w") as f:
+        f.write(f"Getting image source signatures\nCopying blob sha256:{done}\nCopying blob sha256:{busy}\n"
+                f"Copying config sha256:{'c' * 64}\n")
+    for path, size in ((os.path.join(layout, "blobs", "sha256", done), 100), (os.path.join(layout, "put-blob"), 7)):
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+    v = t.view()
+    assert (v["state"], v["layers_done"], v["layers"], v["bytes"]) == ("fetching", 1, 2, 107)
+    t.move("fetched")
+    v = t.view()
+    assert (v["state"], v["layers_done"], v["layers"], v["bytes"]) == ("unpacking", 2, 2, 107)
+
+
 IMAGE = {"config": {"Entrypoint": ["/ep"], "Cmd": ["c1"], "Env": ["PATH=/img", "A=1"], "WorkingDir": "/w",
                     "User": "u", "StopSignal": "SIGQUIT", "Labels": {"l": "img", "m": "img"}}}
 

@@ -41,6 +41,7 @@ from . import (
     restart,
     start,
     stop,
+    transfers,
     version,
     wait,
 )
@@ -48,7 +49,7 @@ from .params import request_key
 
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info,
            pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save,
-           export, export_read, commit)
+           export, export_read, commit, transfers)
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:

@@ -11,10 +11,12 @@ when the store opens). unpacking: blobs checked and moved into blobs/, new layer
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from shimproto.errors import InvalidState
 
+COPYING_BLOB = re.compile(r"^Copying blob (?:sha256:)?([0-9a-f]{12,64})", re.M)  # skopeo copy's line for each blob
 FETCHING, UNPACKING, DONE, FAILED = "fetching", "unpacking", "done", "failed"
 
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -33,19 +35,38 @@ class State:
         """Bytes of the image in hand so far."""
         return t.bytes
 
+    def layers(self, t: Transfer) -> tuple[int, int]:
+        """(layers fetched, layers known)."""
+        return t.layers, t.layers
+
 
 class Fetching(State):
     name = FETCHING
 
     def progress(self, t: Transfer) -> int:
+        """Bytes in the layout so far: its blobs and the files skopeo is still writing (in the layout's top)."""
         total = 0
-        for dirpath, _dirs, files in os.walk(os.path.join(t.layout, "blobs")):
+        for dirpath, _dirs, files in os.walk(t.layout):
             for f in files:
                 try:
                     total += os.lstat(os.path.join(dirpath, f)).st_size
                 except FileNotFoundError:
                     pass
         return total
+
+    def layers(self, t: Transfer) -> tuple[int, int]:
+        """(done, known): skopeo names each blob it starts on a progress line; one is done when its file is in the
+        layout's blobs (skopeo renames it there whole)."""
+        try:
+            with open(t.progress_path, errors="replace") as f:
+                started = COPYING_BLOB.findall(f.read())
+        except FileNotFoundError:
+            return 0, 0
+        try:
+            have = os.listdir(os.path.join(t.layout, "blobs", "sha256"))
+        except FileNotFoundError:
+            have = []
+        return sum(any(h.startswith(b) for h in have) for b in started), len(started)
 
 
 class Unpacking(State):
@@ -72,7 +93,9 @@ class Transfer:
         self.source = source
         self.layout = layout
         self.state: State = STATES[FETCHING]
+        self.progress_path = os.path.join(os.path.dirname(layout), "progress")  # skopeo's stdout
         self.bytes = 0
+        self.layers = 0
         self.started = time.monotonic()
         self.error = ""
 
@@ -82,8 +105,11 @@ class Transfer:
             raise InvalidState(f"transfer of {self.source}: cannot {event} while {self.state.name}")
         if self.state.name == FETCHING:
             self.bytes = self.state.progress(self)
+            self.layers = self.state.layers(self)[1]
         self.state = STATES[nxt]
 
     def view(self) -> dict:
+        done, known = self.state.layers(self)
         return {"source": self.source, "state": self.state.name, "bytes": self.state.progress(self),
-                "seconds": round(time.monotonic() - self.started, 3), "error": self.error}
+                "layers_done": done, "layers": known, "seconds": round(time.monotonic() - self.started, 3),
+                "error": self.error}

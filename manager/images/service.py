@@ -158,6 +158,11 @@ class Images:
         index = self.content.load()
         return [self.view(index, i) for i in sorted(index.images.values(), key=lambda i: -i.added_at)]
 
+    def progress(self, source: str) -> list[dict]:
+        """The transfers under way (a pull's source is its normalized reference, an import's its path)."""
+        wanted = {source, _normalized(source)} if source else None
+        return [t.view() for s, t in self.transfers.items() if wanted is None or s in wanted]
+
     def inspect(self, name: str) -> dict:
         index = self.content.load()
         img = self.content.find(index, name)
@@ -173,7 +178,7 @@ class Images:
         t = self.transfers[source] = Transfer(source, os.path.join(ingest, "layout"))
         try:
             try:
-                with open(os.path.join(ingest, "progress"), "wb") as progress:
+                with open(t.progress_path, "wb") as progress:
                     await self.skopeo(platform).copy(src, transport("oci", t.layout, "img"), opts,
                                                      progress=progress.fileno())
             except SkopeoError as e:
