@@ -53,6 +53,7 @@ class Stats:
     slave_restarts: int = 0
     shim_kills: int = 0
     template_kills: int = 0
+    spare_kills: int = 0
     fault_points: dict[str, int] = field(default_factory=dict)
     containers: int = 0
     creates_failed: int = 0
@@ -266,8 +267,9 @@ class Ops:
             self.stats.checked["attach-lines"] = self.stats.checked.get("attach-lines", 0) + len(numbers) + 1
 
     def op_kill_template(self) -> None:
-        """SIGKILL the warm template that shims are forked from, whatever it is doing: a create it was forking
-        for starts its shim cold or is rolled back, and the manager starts another template."""
+        """SIGKILL the warm template that shims are forked from, or (one time in three) its spare shim, whatever
+        it is doing: a create it was forking for (or handing to the spare) starts its shim cold, is forked
+        directly or is rolled back, and the manager starts another template."""
         c = self.client()
         try:
             pid = int(c.call("ping", idempotent=True).get("template", 0))  # type: ignore[union-attr]
@@ -275,10 +277,18 @@ class Ops:
             return
         finally:
             c.close()
+        spare = self.rng.random() < 1 / 3
+        if spare:
+            want = ["template", "--spare", "--parent", str(self.env.manager_pid())]
+            pid = next((p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want),
+                       0)
         if pid and alive(pid):
             os.kill(pid, signal.SIGKILL)
             with self.lock:
-                self.stats.template_kills += 1
+                if spare:
+                    self.stats.spare_kills += 1
+                else:
+                    self.stats.template_kills += 1
 
     def kill_a_shim(self) -> None:
         box = self._pick()

@@ -41,6 +41,7 @@ def render(r: Results) -> str:
             ("... of an idle manager", s.kills_idle),
             ("restarts under unshare --propagation slave", s.slave_restarts), ("shim SIGKILLs", s.shim_kills),
             ("warm template SIGKILLs (creates in flight forked cold or rolled back)", s.template_kills),
+            ("spare shim SIGKILLs (the next create forked directly)", s.spare_kills),
             ("containers created (attempted)", s.containers),
             ("creates refused cleanly (injected runtime failures)", s.creates_failed),
             ("containers whose exit was checked", s.exits_checked), ("exec exits checked", s.execs_checked),
