@@ -10,20 +10,12 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 
 import pytest
 
 from manager.images import rootfs, unpack
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def tmp():
-    d = tempfile.mkdtemp(prefix="shimd-rootfs-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def tree(base: str, files: dict[str, str | None], opaque: tuple[str, ...] = ()) -> str:
@@ -52,7 +44,8 @@ def as_tar(entries: rootfs.Entries) -> dict[str, bytes | str]:
         return {m.name: tf.extractfile(m).read() if m.isreg() else m.type.decode() for m in tf}  # type: ignore
 
 
-def test_the_merged_view_is_what_overlay_shows(tmp):
+def test_the_merged_view_is_what_overlay_shows(tmp_path):
+    tmp = str(tmp_path)
     base = tree(f"{tmp}/l0", {"a/old": "0", "a/keep": "0", "b/inner": "0", "c": "0", "d/x": "0", "e": "0",
                               "f/deep": "0"})
     mid = tree(f"{tmp}/l1", {"a/new": "1", "b": "file over dir", "d/": "", "gone": "1", "f/": ""}, opaque=("d",))
@@ -62,7 +55,8 @@ def test_the_merged_view_is_what_overlay_shows(tmp):
                    "f": "5", "f/deep": b"0", "top": b"2"}
 
 
-def test_the_upper_directory_as_a_layer_unpacks_to_the_same_whiteouts(tmp):
+def test_the_upper_directory_as_a_layer_unpacks_to_the_same_whiteouts(tmp_path):
+    tmp = str(tmp_path)
     upper = tree(f"{tmp}/up", {"etc/hostname": "", "etc/app.conf": "x", "gone": None, "dir/new": "n",
                                "dir/sub/": ""}, opaque=("dir",))
     os.symlink("/etc/shadow", f"{upper}/link")  # an absolute symlink: written as it is, never followed
@@ -84,7 +78,8 @@ def test_the_upper_directory_as_a_layer_unpacks_to_the_same_whiteouts(tmp):
     assert open(f"{tmp}/out/dir/new").read() == "n"
 
 
-def test_an_entry_swapped_for_a_symlink_while_it_is_read_reads_nothing_of_the_host(tmp):
+def test_an_entry_swapped_for_a_symlink_while_it_is_read_reads_nothing_of_the_host(tmp_path):
+    tmp = str(tmp_path)
     secret = f"{tmp}/host-secret"
     with open(secret, "w") as f:
         f.write("host data")
