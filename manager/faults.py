@@ -28,6 +28,7 @@ IMAGE_POINTS = (
     "image:fetched",        # a pull's or import's layout is under ingest/, nothing of it in the store
     "image:unpacked",       # its blobs and layers are in the store, the index does not list them yet
     "image:untagged",       # an image removal wrote the index, its blobs and layers not yet collected
+    "image:committed",      # a commit's layer, config and manifest are in the store, the index does not list them
 )
 
 _armed = frozenset(p for p in os.environ.get("SHIMD_FAULTS", "").split(",") if p)

@@ -1,5 +1,5 @@
-"""A manager SIGKILLed in the middle of an import or an image removal (manager/faults.py's IMAGE_POINTS): on the
-next start no half image is listed, nothing it left is kept on disk, and the same operation then succeeds."""
+"""A manager SIGKILLed in the middle of an import, a commit or an image removal (manager/faults.py's IMAGE_POINTS):
+on the next start no half image is listed, nothing it left is kept on disk, and the same operation then succeeds."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def test_a_manager_killed_mid_transfer_or_removal_leaves_nothing_half_made(bare_
     if point == "image:untagged":  # the import works; the removal dies
         env.ok("image", "import", "--tag", "local/img:1", archive)
         res = env.ctl("rmi", "local/img:1")
+    elif point == "image:committed":  # a busybox container's commit dies before the index lists its image
+        env.ok("run", "-d", "--name", env.name("c"), "busybox", "sh", "-c", "echo x > /x; sleep 1000")
+        wait_for(lambda: env.ctl("exec", env.name("c"), "cat", "/x").rc == 0, 10, "the container's file")
+        res = env.ctl("commit", env.name("c"), "local/committed:1")
     else:
         res = env.ctl("image", "import", "--tag", "local/img:1", archive)
     assert res.rc != 0, "the manager should have died at the fault point"
@@ -53,5 +57,10 @@ def test_a_manager_killed_mid_transfer_or_removal_leaves_nothing_half_made(bare_
     empty = {"blobs/sha256": [], "layers/sha256": [], "ingest": []}
     wait_for(lambda: on_disk(env) == empty, 10, "the image store's garbage collected at start")
     assert env.ok("images", "-q").out == ""  # nothing half made is listed
+    if point == "image:committed":  # thawed before the store is written, it lived on; the same commit now works
+        assert env.inspect(env.name("c"))["status"] == "running"
+        env.ok("commit", env.name("c"), "local/committed:1")
+        assert env.ok("run", "--rm", "local/committed:1", "cat", "/x").out == "x\n"
+        return
     env.ok("image", "import", "--tag", "local/img:1", archive)
     assert env.ok("run", "--rm", "local/img:1", "ls", "/data").out == "dir\nkept.txt\n"
