@@ -18,7 +18,6 @@ import os
 import resource
 import signal
 
-import psutil
 import zmq.asyncio
 
 from shimproto.rpc import Server
@@ -26,7 +25,7 @@ from shimproto.rpc import Server
 from . import launcher
 from .commands import handlers
 from .config import Config
-from .registry import Registry
+from .registry import Registry, live_cmdline
 from .restore import restore
 from .store import Store
 
@@ -44,12 +43,9 @@ def _claim_pid_file(path: str) -> None:
     except (OSError, ValueError):
         pid = 0
     if pid and pid != os.getpid():
-        try:
-            p = psutil.Process(pid)
-            if p.status() != psutil.STATUS_ZOMBIE and "manager" in " ".join(p.cmdline()):
-                raise AlreadyRunning(f"another shimd-manager (pid {pid}) serves {os.path.dirname(path)}")
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
+        cmd = live_cmdline(pid)
+        if cmd is not None and "manager" in " ".join(cmd):
+            raise AlreadyRunning(f"another shimd-manager (pid {pid}) serves {os.path.dirname(path)}")
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(f"{os.getpid()}\n")

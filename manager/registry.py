@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import psutil
 import zmq.asyncio
 
 from shimproto import journal
@@ -40,15 +39,23 @@ SHIM_TIMEOUT = 10.0
 EVENT_POLL = 30.0
 
 
-def shim_alive(pid: int, id: str) -> bool:
+def live_cmdline(pid: int) -> list[str] | None:
+    """The command line of pid if it is a live process (not gone, not a zombie), else None. Read from /proc
+    directly: psutil's import cost every manager start (and so every restore) a few ms."""
     try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        cmd = p.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-    return "shimd" in " ".join(cmd) and id in cmd
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except (OSError, IndexError):
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def shim_alive(pid: int, id: str) -> bool:
+    cmd = live_cmdline(pid)
+    return cmd is not None and "shimd" in " ".join(cmd) and id in cmd
 
 
 async def wait_gone(pid: int, id: str, timeout: float = 10.0) -> None:

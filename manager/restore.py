@@ -80,10 +80,17 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
     r.connect(e, pid)
     e.move("attach")
     try:
-        e.protocol = version.of_ping(await r.call(e, "ping", timeout=5.0))
+        # both at once: one wake-up of the shim, one round trip
+        ping, state = await asyncio.gather(r.call(e, "ping", timeout=5.0), r.call(e, "state", timeout=5.0),
+                                           return_exceptions=True)
+        if isinstance(ping, BaseException):
+            raise ping
+        e.protocol = version.of_ping(ping)
         if e.protocol != version.PROTOCOL:
             log.info("[%s] its shim speaks protocol %d (this manager %d)", e.id, e.protocol, version.PROTOCOL)
-        r.events.observe(e.id, await r.call(e, "state", timeout=5.0))  # type: ignore[arg-type]
+        if isinstance(state, BaseException):
+            raise state
+        r.events.observe(e.id, state)  # type: ignore[arg-type]
     except ShimdError as err:
         log.warning("[%s] restore: state: %s", e.id, err.message)
     if planted("restore-takes-shim-pid"):
