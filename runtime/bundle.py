@@ -97,14 +97,13 @@ class Spec:
 
 
 def write_bundle(bundle_dir: str, spec: Spec) -> str:
-    """Write <bundle>/config.json atomically (temp file, fsync, rename) and return its path."""
+    """Write <bundle>/config.json atomically (temp file, rename) and return its path. Not fsynced: the bundle
+    lives in the state dir (a tmpfs in production) and is written again by every create."""
     os.makedirs(bundle_dir, mode=0o711, exist_ok=True)
     path = os.path.join(bundle_dir, "config.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(spec.to_oci(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
     os.rename(tmp, path)
     return path
 

@@ -6,18 +6,23 @@ import json
 import os
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write data to path via a temp file, fsync, rename and fsync of the directory."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write data to path via a temp file and a rename: any process crash leaves the old file or the new one.
+    durable also fsyncs the file and then the directory, so a power loss does too; a file that is written again
+    before it is next used (or lives on a tmpfs) need not pay for that."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
