@@ -66,6 +66,7 @@ async def _watchdog(interval: float) -> None:
 
 
 KSM_RUN = "/sys/kernel/mm/ksm/run"
+COLLECT_AFTER = 1.0  # seconds after the manager serves before it collects the image store's garbage
 
 
 def _start_ksmd() -> None:
@@ -100,6 +101,9 @@ async def collect_images(m: Registry) -> None:
     unopened (and unimported)."""
     if not os.path.isdir(os.path.join(m.store.root, "images", "blobs")):
         return
+    # not at once: the clients that waited out the restart come first (a thread importing the image code holds
+    # the interpreter, and the lock of every module it imports, for tens of ms)
+    await asyncio.sleep(COLLECT_AFTER)
     await asyncio.to_thread(importlib.import_module, "manager.images.service")  # its imports off the loop
     try:
         blobs, layers = await m.images.collect()
