@@ -2,7 +2,9 @@
 manager left half done, then shut down shims that have no metadata. A delete intent is rolled forward. A create
 intent is rolled back, unless its call carried a request key and the shim already holds the container: that
 client will send the same call again, and gets the container it asked for (lifecycle.create recognises the key).
-A failure with one container is logged and never stops the manager."""
+A commit intent (a commit paused the container to read its layer) is undone: the container is resumed, unless
+the commit's pause never took (then whoever paused it, the user, keeps it paused). A failure with one container
+is logged and never stops the manager."""
 
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ import os
 import shutil
 
 from shimproto import version
-from shimproto.errors import ShimdError
+from shimproto.errors import DeadlineExceeded, ShimdError, Unavailable
 from shimproto.model import RUNNING
 from shimproto.plant import planted
 
 from . import faults, launcher
 from .entry import Entry
-from .lifecycle import finish_delete, rollback_create, shutdown_shim, watch_auto_remove
+from .lifecycle import finish_delete, rollback_create, shutdown_shim, step, watch_auto_remove
 from .registry import Registry, read_pid, shim_alive
 from .store import Meta
 
@@ -33,7 +35,7 @@ async def restore(r: Registry) -> dict:
         if id not in r.entries:
             r.add(Entry(Meta.placeholder(id)))
     faults.point("restore:scanned")
-    counts = {"running": 0, "lost": 0, "rolled_back": 0, "kept": 0, "rolled_forward": 0, "orphans": 0}
+    counts = {"running": 0, "lost": 0, "rolled_back": 0, "kept": 0, "rolled_forward": 0, "thawed": 0, "orphans": 0}
     jobs = []
     for i, e in enumerate(list(r.entries.values())):
         if i == len(r.entries) // 2:
@@ -72,6 +74,8 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         await finish_delete(r, e, key)
         counts["rolled_forward"] += 1
         return
+    if intent == "commit" and not alive:
+        r.store.clear_intent(e.id)  # nothing left to resume
     if not alive:
         e.move("lose")
         await r.settle_dead_shim(e)
@@ -79,6 +83,8 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         return
     r.connect(e, pid)
     e.move("attach")
+    if intent == "commit":
+        counts["thawed"] += await _thaw(r, e, key)
     try:
         # both at once: one wake-up of the shim, one round trip
         ping, state = await asyncio.gather(r.call(e, "ping", timeout=5.0), r.call(e, "state", timeout=5.0),
@@ -97,6 +103,33 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         r.events.observe(e.id, {"pid": pid})
     r.start_pump(e)
     counts["running"] += e.status.get("status") == RUNNING
+
+
+async def _thaw(r: Registry, e: Entry, attempt: str) -> bool:
+    """A commit paused e (or was about to) and its manager died: finish that pause and undo it. Sent again with
+    the commit's own step keys, the pause is answered with its first outcome (awaited if the shim is still doing
+    it, done now if it never came) and the resume too if the commit got that far, so nothing is done twice. A
+    pause that fails now found the container not running: paused by someone else (or stopped), it is left so.
+    The intent stays when the shim does not answer: the next start tries again."""
+    try:
+        await r.call(e, "pause", timeout=30.0, key=step(attempt, "pause"))
+    except (Unavailable, DeadlineExceeded) as err:
+        log.warning("[%s] restore: the pause of a commit under way: %s", e.id, err.message)
+        return False
+    except ShimdError as err:
+        log.info("[%s] restore: a commit under way had not paused it (%s); left as it is", e.id, err.message)
+        r.store.clear_intent(e.id)
+        return False
+    try:
+        await r.call(e, "resume", timeout=30.0, key=step(attempt, "resume"))
+    except (Unavailable, DeadlineExceeded) as err:
+        log.warning("[%s] restore: resuming it after a commit under way: %s", e.id, err.message)
+        return False
+    except ShimdError as err:
+        log.warning("[%s] restore: resuming it after a commit under way: %s", e.id, err.message)
+    r.store.clear_intent(e.id)
+    log.info("[%s] resumed: a commit had paused it when its manager died", e.id)
+    return True
 
 
 async def _holds(r: Registry, id: str) -> bool:

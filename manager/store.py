@@ -5,8 +5,9 @@ Layout the manager owns under --root:
     containers/<id>/container.log  the container's CRI log (written by the shim)
     containers/<id>/fs/{upper,work} the container's writable layer (mounted by the shim, removed by us after it)
 and under --state: shims/<id>/ (the shim's own directory), runc/ (the runtime's state root) and intents/<id>
-("create" or "delete" and the client's request key, while one is under way; kept in --state so that a full
---root never blocks a delete) and requests/<key> (the outcome of a delete, for a repeat of that call).
+("create" or "delete" and the client's request key, or "commit" and its attempt's key while a commit holds the
+container paused; kept in --state so that a full --root never blocks a delete) and requests/<key> (the outcome of a
+delete, for a repeat of that call).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Store:
         return os.path.join(self.dir(id), "fs", "upper"), os.path.join(self.dir(id), "fs", "work")
 
     def intent(self, id: str) -> tuple[str, str]:
-        """(kind, request key) of the create or delete under way for id; ("", "") when none."""
+        """(kind, key) of the create, delete or commit under way for id; ("", "") when none."""
         try:
             with open(os.path.join(self.intents, id)) as f:
                 kind, _, key = f.read().strip().partition(" ")

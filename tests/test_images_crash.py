@@ -1,5 +1,6 @@
 """A manager SIGKILLed in the middle of an import, a commit or an image removal (manager/faults.py's IMAGE_POINTS):
-on the next start no half image is listed, nothing it left is kept on disk, and the same operation then succeeds."""
+on the next start no half image is listed, nothing it left is kept on disk, and the same operation then succeeds;
+a container a commit paused runs again (one the user paused stays paused)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 import pytest
 
 from manager.faults import IMAGE_POINTS
+from shimproto.client import Client
+from shimproto.errors import ShimdError
 from tests import imagekit
 from tests.harness import wait_for
 
@@ -36,7 +39,7 @@ def on_disk(env) -> dict[str, list[str]]:
             ("blobs/sha256", "layers/sha256", "ingest")}
 
 
-@pytest.mark.parametrize("point", IMAGE_POINTS)
+@pytest.mark.parametrize("point", [p for p in IMAGE_POINTS if p != "commit:paused"])
 def test_a_manager_killed_mid_transfer_or_removal_leaves_nothing_half_made(bare_env, archive, point):
     env = bare_env
     env.start_manager(env={"SHIMD_FAULTS": point})
@@ -64,3 +67,54 @@ def test_a_manager_killed_mid_transfer_or_removal_leaves_nothing_half_made(bare_
         return
     env.ok("image", "import", "--tag", "local/img:1", archive)
     assert env.ok("run", "--rm", "local/img:1", "ls", "/data").out == "dir\nkept.txt\n"
+
+
+def _events(env, id: str) -> list[str]:
+    c = Client(env.sock, timeout=30)
+    try:
+        evs = c.call("events", {"since": 0, "timeout": 0})["events"]  # type: ignore[index]
+    finally:
+        c.close()
+    return [ev["type"] for ev in evs if ev["id"] == id and ev["type"] in ("paused", "resumed")]
+
+
+def test_a_container_a_killed_commit_paused_runs_again_and_the_same_commit_then_works(bare_env):
+    env = bare_env
+    env.start_manager(env={"SHIMD_FAULTS": "commit:paused"})
+    c, u = env.name("c"), env.name("u")
+    env.ok("run", "-d", "--name", c, "busybox", "sh", "-c", "echo x > /x; sleep 1000")
+    env.ok("run", "-d", "--name", u, "busybox", "sleep", "1000")
+    env.ok("pause", u)
+    wait_for(lambda: env.ctl("exec", c, "cat", "/x").rc == 0, 10, "the container's file")
+    params = {"id": c, "ref": "local/committed:1", "key": "commit-of-c"}
+    client = Client(env.sock, timeout=30)
+    try:
+        with pytest.raises(ShimdError):  # the manager dies between the pause and the resume
+            client.call("commit", params, timeout=30)
+    finally:
+        client.close()
+    assert env.proc is not None and env.proc.wait(15) == -9
+    env.proc = None
+    assert open(os.path.join(env.state, "intents", c)).read().startswith("commit commit-of-c.")
+    # a commit intent for the container the user paused, as if a commit had been about to pause it: its pause
+    # fails now (the container is not running), so restore leaves it paused
+    with open(os.path.join(env.state, "intents", u), "w") as f:
+        f.write("commit never-sent.0123abcd")
+    env.start_manager()
+    assert env.inspect(c)["status"] == "running"
+    assert env.inspect(u)["status"] == "paused"
+    assert os.listdir(os.path.join(env.state, "intents")) == []
+    assert _events(env, c) == ["paused", "resumed"]
+    empty = {"blobs/sha256": [], "layers/sha256": [], "ingest": []}
+    wait_for(lambda: on_disk(env) == empty, 10, "the image store's garbage collected at start")
+    assert env.ok("images", "-q").out == ""
+    client = Client(env.sock, timeout=60)  # the same call again: the container is paused anew, then resumed
+    try:
+        view = client.call("commit", params, timeout=60)
+    finally:
+        client.close()
+    assert view["tags"] == ["local/committed:1"]  # type: ignore[index]
+    assert _events(env, c) == ["paused", "resumed", "paused", "resumed"]
+    assert env.inspect(c)["status"] == "running"
+    assert env.ok("run", "--rm", "local/committed:1", "cat", "/x").out == "x\n"
+    env.ok("unpause", u)
