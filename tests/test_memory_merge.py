@@ -23,7 +23,21 @@ pytestmark = pytest.mark.skipif(not os.path.exists(f"{KSM}/run") or not os.path.
                                 reason="this kernel has no KSM or no per-process merging (Linux 6.4)")
 
 
-def test_shims_forked_from_the_template_are_merged_by_ksmd(env):
+@pytest.fixture
+def brisk_ksmd():
+    """ksmd at 50x its default pace while the test runs (a full scan covers every process that offered memory,
+    which on a busy host is hundreds of shims), the host's pace put back after."""
+    path = f"{KSM}/pages_to_scan"
+    with open(path) as f:
+        before = f.read().strip()
+    with open(path, "w") as f:
+        f.write("5000")
+    yield
+    with open(path, "w") as f:
+        f.write(before)
+
+
+def test_shims_forked_from_the_template_are_merged_by_ksmd(env, brisk_ksmd):
     ids = [env.name(f"merge{i}") for i in range(3)]
     for id in ids:
         env.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
@@ -32,8 +46,7 @@ def test_shims_forked_from_the_template_are_merged_by_ksmd(env):
     shims = [env.inspect(id)["shim_pid"] for id in ids]
     for pid in shims:
         assert ksm_stat(pid)["ksm_merge_any"].strip() == "yes"
-    # ksmd at the host's pace (100 pages each 20 ms by default): pages the shims copied from the template and put
-    # back as they were are merged again
+    # pages the shims copied from the template and put back as they were are merged again
     wait_for(lambda: all(int(ksm_stat(pid)["ksm_merging_pages"]) > 64 for pid in shims), 90,
              "ksmd to merge pages of every shim")
     env.ok("rm", "-f", *ids)
