@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from . import plans
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -33,6 +34,13 @@ class ContainerSpec:
     log_max_size: int | None = None  # 0: never rotate; None: the manager's configured default
     log_max_files: int | None = None
     auto_remove: bool = False
+    # networks, ports and mounts (docker's texts, parsed by shimproto.plans); "" network: the manager's default
+    network: str = ""
+    publish: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    read_only: bool = False
+    user: str = ""  # UID[:GID] or NAME[:GROUP], looked up in the image's /etc/passwd and /etc/group
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -49,7 +57,9 @@ class ContainerSpec:
             hostname=p.str("hostname", ""), tty=p.bool("tty"), stdin=p.bool("stdin"),
             memory_limit=p.int("memory_limit"), pids_limit=p.int("pids_limit"),
             log_max_size=p.int("log_max_size"), log_max_files=p.int("log_max_files"),
-            auto_remove=p.bool("auto_remove"),
+            auto_remove=p.bool("auto_remove"), network=p.str("network", ""), publish=p.strlist("publish"),
+            volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
+            user=p.str("user", ""),
         )
         spec.check()
         return spec
@@ -68,6 +78,7 @@ class ContainerSpec:
             raise InvalidArgument("log max-size must be >= 0 and max-file between 2 and 1000")
         if not self.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")
+        plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
 
 
 @dataclass
@@ -81,13 +92,21 @@ class ShimCreate:
     log_path: str
     cgroups_path: str
     files_dir: str  # where the shim writes the container's hostname, hosts and resolv.conf
+    network: plans.NetworkPlan = field(default_factory=plans.NetworkPlan)
+    mounts: list[plans.MountPlan] = field(default_factory=list)  # after the /etc files, in this order
 
     def to_wire(self) -> dict:
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"},
-                "spec": self.spec.to_wire()}
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.type == "str"},
+                "spec": self.spec.to_wire(), "network": self.network.to_wire(),
+                "mounts": [m.to_wire() for m in self.mounts]}
 
     @classmethod
     def from_wire(cls, raw: dict) -> ShimCreate:
         p = Params("create", raw)
+        mounts = raw.get("mounts") or []
+        if not isinstance(mounts, list):
+            raise InvalidArgument("create: parameter 'mounts' must be a list")
         return cls(spec=ContainerSpec.from_wire(p.map("spec", required=True)),
-                   **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.name != "spec"})
+                   network=plans.NetworkPlan.from_wire(p.map("network")),
+                   mounts=[plans.MountPlan.from_wire(m) for m in mounts],
+                   **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.type == "str"})
