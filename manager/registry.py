@@ -27,7 +27,9 @@ from shimproto.rpc import AsyncClient
 from . import faults, launcher
 from .entry import Entry
 from .events import EventLog
+from .networks import Networks, published, read_record
 from .store import Store
+from .volumes import Volumes
 
 log = logging.getLogger("shimd.manager")
 
@@ -68,6 +70,7 @@ class Defaults:
     log_max_size: int = 0
     log_max_files: int = 5
     stop_timeout: float = 10.0
+    network: str = "bridge"  # for a container that names none (docker's default)
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Registry:
         self.entries: dict[str, Entry] = {}
         self.reserved: set[str] = set()  # ids of creates under way
         self.tasks: set[asyncio.Task] = set()
+        self.networks = Networks(store.root)
+        self.volumes = Volumes(store.root)
 
     # --- the table -----------------------------------------------------------------------------------------
 
@@ -212,7 +217,7 @@ class Registry:
         for ev in journal.load(os.path.join(self.store.shim_dir(e.id), "events.journal")):
             self.record(e, ev)  # what it journaled but we had not pulled yet
         recorded = await launcher.cleanup_dead(e.id, self.store.shim_dir(e.id), self.runtime,
-                                               self.store.runc_root)
+                                               self.store.runc_root, self.store.dir(e.id))
         if e.exit is None:  # the shim never got to publish the init's exit
             exit = (recorded or ExitStatus(code=255, reason="shim-lost")).to_wire()
             self.record(e, {"seq": self.events.last_seq(e.id) + 1, "type": "exit", "id": e.id, "exec_id": "",
@@ -240,6 +245,7 @@ class Registry:
         st = probe.state if probe else e.status
         exit = st.get("exit")
         spec = e.meta.spec
+        net = read_record(self.store.dir(e.id))
         out = {
             "id": e.id,
             "image": spec.image,
@@ -262,6 +268,9 @@ class Registry:
             "execs": st.get("execs", []),
             "log_dropped_bytes": st.get("log_dropped_bytes", 0),
             "spec": spec.to_wire(),
+            "network": spec.network,
+            "ip": net.get("ip", ""),
+            "ports": [p.to_wire() for p in published(net)],
         }
         if probe and probe.error is not None and not e.lost:
             out["error"] = probe.error.message

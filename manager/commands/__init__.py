@@ -24,17 +24,20 @@ from . import (
     kill,
     list,
     logs,
+    network,
     ping,
     proxy,
     restart,
     start,
     stop,
     version,
+    volume,
     wait,
 )
 from .params import request_key
 
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info)
+GROUPS = (network, volume)  # several commands each: HANDLERS maps their names to handlers
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:
@@ -54,6 +57,8 @@ def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:
         return h
 
     table = {mod.NAME: once(mod.handle) for mod in MODULES}
+    for group in GROUPS:
+        table |= {name: once(fn) for name, fn in group.HANDLERS.items()}
     for name in proxy.ROUTES:
         table[name] = once(proxy.handler(name))
     return table
