@@ -121,7 +121,7 @@ class VolumeSpec:
         source = parts[0]
         if source.startswith("/"):
             source = clean_path(source, "volume host path")
-        elif source.startswith("."):
+        elif source.startswith(".") or "/" in source:
             raise InvalidArgument(f"invalid volume {text!r}: host path {source!r} must be absolute")
         else:
             check_name(source, "volume")
