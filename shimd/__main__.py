@@ -168,8 +168,9 @@ def delete(cfg: ShimConfig, files_dir: str = "") -> int:
         reaper.install(asyncio.get_running_loop())
         runc = Runc(reaper, binary=cfg.runtime, root=cfg.runtime_root)
         if files_dir and os.path.exists(os.path.join(files_dir, RECORD)):
-            try:
-                pid = int((await runc.state(cfg.id)).get("pid") or 0)
+            try:  # only a live init's pid: a stopped one's may name another process by now
+                st = await runc.state(cfg.id)
+                pid = int(st.get("pid") or 0) if st.get("status") in ("created", "running", "paused") else 0
             except Exception:  # no such container in the runtime: its namespace went with it
                 pid = 0
             netns = f"/proc/{pid}/ns/net" if pid else ""

@@ -156,3 +156,16 @@ def test_a_manager_in_another_mount_namespace_removes_a_container_it_did_not_cre
     assert not veths(nenv.netns) and not container_rules(nenv.netns) and not leases(nenv.base)
     nenv.kill_manager(signal.SIGTERM)
     nenv.start_manager()
+
+
+def test_the_readme_example_serves_a_volume_across_a_manager_kill_and_keeps_its_data(nenv):
+    """README's networks and volumes example, command by command."""
+    web = nenv.ok("run", "-d", "-p", "8080:80", "-v", "site:/www", "busybox", "httpd", "-f", "-h", "/www").out.strip()
+    nenv.ok("exec", web, "sh", "-c", "echo hello from a volume > /www/index.html")
+    wait_for(lambda: answered(nenv, "http://127.0.0.1:8080/", "hello from a volume"), 10, "the page")
+    nenv.kill_manager(signal.SIGKILL)
+    assert answered(nenv, "http://127.0.0.1:8080/", "hello from a volume")
+    nenv.start_manager()
+    nenv.ok("rm", "-f", web)
+    with open(os.path.join(nenv.root, "volumes", "site", "_data", "index.html")) as f:
+        assert f.read() == "hello from a volume\n"

@@ -53,8 +53,8 @@ def test_volume_create_ls_inspect_rm(env):
 def test_tmpfs_read_only_root_and_user(env):
     out = env.ok("run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m,mode=1777",
                  "--tmpfs", "/private:mode=700", "-u", "65534:65534",
-                 "busybox", "sh", "-c", "id; grep ' /scratch ' /proc/mounts; stat -c %a /private; echo ok > /scratch/f && cat "
-                 "/scratch/f; touch /root-file 2>/dev/null || echo read-only").out
+                 "busybox", "sh", "-c", "id; grep ' /scratch ' /proc/mounts; stat -c %a /private; "
+                 "echo ok > /scratch/f && cat /scratch/f; touch /root-file 2>/dev/null || echo read-only").out
     lines = out.splitlines()
     assert lines[0].startswith("uid=65534(nobody) gid=65534(nogroup)")
     assert "tmpfs" in lines[1] and "size=1024k" in lines[1] and "nosuid" in lines[1]
