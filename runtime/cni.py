@@ -131,10 +131,12 @@ def plugin_config(conflist: dict, plugin: dict, runtime_config: dict, prev: dict
 
 
 class Cni:
-    def __init__(self, monitor: Monitor, path: tuple[str, ...] = PLUGIN_DIRS, tmp_dir: str | None = None,
+    def __init__(self, monitor: Monitor, path: tuple[str, ...] | None = None, tmp_dir: str | None = None,
                  env: dict[str, str] | None = None) -> None:
+        """path: the plugin directories; by default CNI_PATH of our environment (as cnitool reads it), else
+        PLUGIN_DIRS."""
         self.monitor = monitor
-        self.path = path
+        self.path = path or tuple(d for d in os.environ.get("CNI_PATH", "").split(":") if d) or PLUGIN_DIRS
         self.tmp_dir = tmp_dir
         self.env = dict(os.environ if env is None else env)
 

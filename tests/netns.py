@@ -47,9 +47,9 @@ def container_rules(ns: str) -> list[str]:
     names an address or a container id."""
     out = []
     for line in in_ns(ns, "iptables-save").stdout.splitlines():
-        chain = line[1:].split()[0] if line.startswith(":") else ""
-        if chain.startswith("CNI-") and chain not in BASE_CHAINS or line.startswith("-A") and (
-                "/32" in line or 'id: "' in line):
+        words = line.split()
+        chain = words[0][1:] if line.startswith(":") else words[1] if line.startswith("-A ") else ""
+        if chain.startswith("CNI-") and chain not in BASE_CHAINS or "/32" in line or "id: \\\"" in line:
             out.append(line)
     return out
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 
 import pytest
 
 from tests.harness import wait_for
-from tests.netns import container_rules, enter, fetch, leases, veths
+from tests.netns import container_rules, enter, fetch, in_ns, leases, veths
 
 pytestmark = pytest.mark.timeout(180)
 HTTPD = ["busybox", "httpd", "-f", "-p", "80", "-h", "/www"]
@@ -169,3 +170,52 @@ def test_the_readme_example_serves_a_volume_across_a_manager_kill_and_keeps_its_
     nenv.ok("rm", "-f", web)
     with open(os.path.join(nenv.root, "volumes", "site", "_data", "index.html")) as f:
         assert f.read() == "hello from a volume\n"
+
+
+def _plugin_dir(tmp_path, body: str) -> str:
+    """A plugin directory whose `firewall` (the list's last plugin) does `body` on ADD, else the real one."""
+    d = tmp_path / "cni"
+    d.mkdir()
+    (d / "firewall").write_text(f'#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then {body}; fi\n'
+                                'exec /usr/lib/cni/firewall\n')
+    (d / "firewall").chmod(0o755)
+    return f"{d}:/usr/lib/cni"
+
+
+def test_a_plugin_failing_its_add_rolls_the_create_back_with_nothing_left(nenv, tmp_path):
+    nenv.kill_manager(signal.SIGTERM)
+    nenv.start_manager(env={"SHIMD_DEFAULT_NETWORK": "bridge", "CNI_PATH": _plugin_dir(
+        tmp_path, """echo '{"cniVersion":"1.0.0","code":7,"msg":"planted failure"}'; exit 1""")})
+    r = nenv.ctl("run", "-d", "--name", nenv.name("f"), "-p", "8084:80", "busybox", "sleep", "100")
+    assert r.rc == 125 and r.err.count("\n") == 1 and "CNI ADD firewall: planted failure" in r.err, r.err
+    assert (veths(nenv.netns), container_rules(nenv.netns), leases(nenv.base)) == ([], [], [])
+    assert nenv.ok("ps", "-a", "-q").out == ""
+    nenv.kill_manager(signal.SIGTERM)
+    nenv.start_manager(env={"SHIMD_DEFAULT_NETWORK": "bridge"})
+    nenv.ok("run", "-d", "-p", "8084:80", "busybox", "sleep", "100")  # the port was freed
+
+
+def test_manager_and_shim_killed_in_the_middle_of_add_are_rolled_back_from_the_record(nenv, tmp_path):
+    """The worst moment: the bridge plugin has made the veth, the lease and its rules, then the manager and the
+    shim die (and the plugin with them). The next manager rolls the create back; DEL runs from the record the shim
+    wrote before ADD. Known gap: with the namespace gone, bridge's DEL cannot learn the address its masquerade rule
+    names, so that one rule stays (docs/architecture.md); everything else goes."""
+    nenv.kill_manager(signal.SIGTERM)
+    pid_file = os.path.join(nenv.state, "shimd.pid")
+    nenv.start_manager(env={"SHIMD_DEFAULT_NETWORK": "bridge", "CNI_PATH": _plugin_dir(
+        tmp_path, f"kill -9 $(cat {pid_file}) $PPID; exit 1")})
+    r = nenv.ctl("run", "-d", "--name", nenv.name("k"), "-p", "8085:80", "busybox", "sleep", "100")
+    assert r.rc == 125, r.err
+    assert nenv.proc.wait(10) == -signal.SIGKILL
+    nenv.proc = None
+    nenv.start_manager()
+    assert nenv.ok("ps", "-a", "-q").out == ""
+    assert veths(nenv.netns) == [] and leases(nenv.base) == []
+    left = container_rules(nenv.netns)
+    rule = next(x for x in left if x.startswith("-A POSTROUTING -s 10.88."))
+    chain = shlex.split(rule)[-1]
+    assert all(chain in x for x in left), left  # nothing but bridge's masquerade chain and the jump to it
+    # the known gap, removed by hand so that the fixture's check judges everything else
+    in_ns(nenv.netns, "iptables", "-t", "nat", "-D", *shlex.split(rule)[1:])
+    for op in ("-F", "-X"):
+        in_ns(nenv.netns, "iptables", "-t", "nat", op, chain)
