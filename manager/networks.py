@@ -111,6 +111,8 @@ class Networks:
                 return self.create(BRIDGE, DEFAULT_SUBNET)
             raise NotFound(f"no such network: {name}") from None
 
+    inspect = get
+
     def create(self, name: str, subnet: str = "") -> Network:
         check_name(name, "network")
         if name in RESERVED:

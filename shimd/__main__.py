@@ -157,6 +157,7 @@ def delete(cfg: ShimConfig, files_dir: str = "") -> int:
     from runtime.cni import Cni
     from runtime.opts import DeleteOpts
     from runtime.runc import Runc
+    from shimproto.model import CREATED, PAUSED, RUNNING
 
     from . import sys as _sys
     from .container import recorded_exit
@@ -170,7 +171,7 @@ def delete(cfg: ShimConfig, files_dir: str = "") -> int:
         if files_dir and os.path.exists(os.path.join(files_dir, RECORD)):
             try:  # only a live init's pid: a stopped one's may name another process by now
                 st = await runc.state(cfg.id)
-                pid = int(st.get("pid") or 0) if st.get("status") in ("created", "running", "paused") else 0
+                pid = int(st.get("pid") or 0) if st.get("status") in (CREATED, RUNNING, PAUSED) else 0
             except Exception:  # no such container in the runtime: its namespace went with it
                 pid = 0
             netns = f"/proc/{pid}/ns/net" if pid else ""

@@ -10,33 +10,15 @@
 from __future__ import annotations
 
 from shimproto.model import rfc3339
-from shimproto.wire import Params
 
 from .. import attach
 from ..networks import Network
 from ..registry import Registry
+from .named import handlers
 
 
 def _view(m: Registry, n: Network) -> dict:
     return {**n.to_json(), "created_at": rfc3339(n.created_at), "containers": attach.network_users(m, n.name)}
 
 
-async def create(m: Registry, p: Params) -> dict:
-    return _view(m, m.networks.create(p.str("name", required=True), p.str("subnet", "")))
-
-
-async def list_(m: Registry, p: Params) -> list:
-    return [_view(m, n) for n in m.networks.list()]
-
-
-async def inspect(m: Registry, p: Params) -> dict:
-    return _view(m, m.networks.get(p.str("name", required=True)))
-
-
-async def remove(m: Registry, p: Params) -> None:
-    name = p.str("name", required=True)
-    m.networks.remove(name, attach.network_users(m, name))
-
-
-HANDLERS = {"network_create": create, "network_list": list_, "network_inspect": inspect,
-            "network_remove": remove}
+HANDLERS = handlers("network", lambda m: m.networks, _view, attach.network_users, create_params=("subnet",))

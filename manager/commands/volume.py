@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 from shimproto.model import rfc3339
-from shimproto.wire import Params
 
 from .. import attach
 from ..registry import Registry
+from .named import handlers
 
 
 def _view(m: Registry, v: dict) -> dict:
@@ -20,21 +20,4 @@ def _view(m: Registry, v: dict) -> dict:
             "containers": attach.volume_users(m, str(v.get("name", "")))}
 
 
-async def create(m: Registry, p: Params) -> dict:
-    return _view(m, m.volumes.create(p.str("name", required=True)))
-
-
-async def list_(m: Registry, p: Params) -> list:
-    return [_view(m, v) for v in m.volumes.list()]
-
-
-async def inspect(m: Registry, p: Params) -> dict:
-    return _view(m, m.volumes.inspect(p.str("name", required=True)))
-
-
-async def remove(m: Registry, p: Params) -> None:
-    name = p.str("name", required=True)
-    m.volumes.remove(name, attach.volume_users(m, name))
-
-
-HANDLERS = {"volume_create": create, "volume_list": list_, "volume_inspect": inspect, "volume_remove": remove}
+HANDLERS = handlers("volume", lambda m: m.volumes, _view, attach.volume_users)

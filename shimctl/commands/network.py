@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 from shimproto.errors import ShimdError
 
@@ -45,18 +46,23 @@ def each(cli: Cli, method: str, names: list[str], show: bool) -> int:
     return rc
 
 
+def listing(cli: Cli, method: str, quiet: bool, headers: list[str], row: Callable[[dict, float], list]) -> int:
+    """`ls`: a table of what method lists, or its names only."""
+    items = cli.call(method)
+    if quiet:
+        print("\n".join(x["name"] for x in items), end="\n" if items else "")  # type: ignore[union-attr]
+    else:
+        now = time.time()
+        print(render.table(headers, [row(x, now) for x in items]), end="")  # type: ignore[union-attr]
+    return 0
+
+
 def run(cli: Cli, a: argparse.Namespace) -> int:
     if a.op == "create":
         print(cli.call("network_create", {"name": a.name, "subnet": a.subnet})["name"])  # type: ignore[index]
         return 0
     if a.op == "ls":
-        nets = cli.call("network_list")
-        if a.quiet:
-            print("\n".join(n["name"] for n in nets), end="\n" if nets else "")  # type: ignore[union-attr]
-            return 0
-        now = time.time()
-        print(render.table(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS", "CREATED"], [
-            [n["name"], n["subnet"], n["gateway"], n["bridge"], len(n["containers"]),
-             render.ago(n["created_at"], now)] for n in nets]), end="")  # type: ignore[union-attr]
-        return 0
+        return listing(cli, "network_list", a.quiet, ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS", "CREATED"],
+                       lambda n, now: [n["name"], n["subnet"], n["gateway"], n["bridge"], len(n["containers"]),
+                                       render.ago(n["created_at"], now)])
     return each(cli, "network_inspect" if a.op == "inspect" else "network_remove", a.names, a.op == "inspect")

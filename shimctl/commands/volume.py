@@ -7,11 +7,10 @@ still empty; the data stays when the container is removed. rm is refused while a
 from __future__ import annotations
 
 import argparse
-import time
 
 from .. import exitcodes, render
 from ..cli import Cli
-from .network import each
+from .network import each, listing
 
 HELP = "manage named volumes"
 ERRORS = exitcodes.OTHER
@@ -30,13 +29,7 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
         print(cli.call("volume_create", {"name": a.name})["name"])  # type: ignore[index]
         return 0
     if a.op == "ls":
-        vols = cli.call("volume_list")
-        if a.quiet:
-            print("\n".join(v["name"] for v in vols), end="\n" if vols else "")  # type: ignore[union-attr]
-            return 0
-        now = time.time()
-        print(render.table(["VOLUME NAME", "CONTAINERS", "CREATED", "MOUNTPOINT"], [
-            [v["name"], len(v["containers"]), render.ago(v["created_at"], now), v["mountpoint"]]
-            for v in vols]), end="")  # type: ignore[union-attr]
-        return 0
+        return listing(cli, "volume_list", a.quiet, ["VOLUME NAME", "CONTAINERS", "CREATED", "MOUNTPOINT"],
+                       lambda v, now: [v["name"], len(v["containers"]), render.ago(v["created_at"], now),
+                                       v["mountpoint"]])
     return each(cli, "volume_inspect" if a.op == "inspect" else "volume_remove", a.names, a.op == "inspect")
