@@ -30,7 +30,7 @@ from shimproto.spec import ShimCreate
 
 from . import sys as _sys
 from .cgroup import OomWatch
-from .etcfiles import hosts_text, rewrite_hosts, write_etc_files
+from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
 from .events import Journal
 from .io.log import LogWriter
 from .io.stdio import ProcessIO
@@ -96,12 +96,13 @@ class Container:
         try:
             hostname = spec.hostname or self.id
             await self.net.attach(req.network, req.files_dir)
-            hosts = hosts_text(hostname, self.net.ip, req.network.peers)
+            hosts = hosts_text(hostname, self.net.ip, host_lines(spec, req.network.peers))
             write_bundle(self.bundle, Spec(
                 args=spec.args, env=spec.env or list(DEFAULT_ENV), cwd=spec.cwd or "/", hostname=hostname,
                 cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
                 memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
-                binds=write_etc_files(req.files_dir, hostname, hosts=hosts) + oci_mounts(self.rootfs, req.mounts),
+                binds=write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) +
+                oci_mounts(self.rootfs, req.mounts),
                 netns=self.net.netns(), readonly_rootfs=spec.read_only,
                 user=resolve_user(self.rootfs, spec.user) if spec.user else None,
             ))
@@ -287,7 +288,8 @@ class Container:
         """The other containers of our network changed: [ip, name, ...] each, written into our /etc/hosts."""
         if self.req is None or self.net.plan.mode != "cni":
             return
-        rewrite_hosts(self.req.files_dir, hosts_text(self.req.spec.hostname or self.id, self.net.ip, peers))
+        rewrite_hosts(self.req.files_dir, hosts_text(self.req.spec.hostname or self.id, self.net.ip,
+                                                     host_lines(self.req.spec, peers)))
 
     def reopen_log(self) -> None:
         if self._writer is not None:

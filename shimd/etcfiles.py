@@ -15,6 +15,8 @@ import os
 
 from runtime.bundle import BindMount
 from shimproto.fsutil import atomic_write
+from shimproto.plans import parse_add_host
+from shimproto.spec import ContainerSpec
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 # When the host's file names only systemd-resolved's stub (127.0.0.53), docker takes resolved's list of the real
@@ -66,6 +68,11 @@ def hosts_text(hostname: str, ip: str = "", peers: list[list[str]] | tuple = ())
                                                                 if len(p) > 1 and p[0] != ip)
 
 
+def host_lines(spec: ContainerSpec, peers: list[list[str]]) -> list[list[str]]:
+    """The peers' lines ([ip, name, ...]), then --add-host's."""
+    return peers + [[ip, host] for host, ip in map(parse_add_host, spec.add_hosts)]
+
+
 def rewrite_hosts(files_dir: str, text: str) -> None:
     """Replace the hosts file's content in place (same inode: the container's bind mount shows the new text)."""
     with open(os.path.join(files_dir, "hosts"), "r+") as f:
@@ -73,13 +80,22 @@ def rewrite_hosts(files_dir: str, text: str) -> None:
         f.write(text)
 
 
+def with_nameservers(resolv: str, dns: list[str]) -> str:
+    """docker's --dns: the given nameservers instead of the file's, its search and options lines kept."""
+    kept = [line for line in resolv.splitlines() if line.split()[:1] != ["nameserver"]]
+    return "\n".join(kept + [f"nameserver {ip}" for ip in dns]) + "\n"
+
+
 def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF,
-                    upstream: str = RESOLVED_UPSTREAM, hosts: str = "") -> list[BindMount]:
+                    upstream: str = RESOLVED_UPSTREAM, hosts: str = "",
+                    dns: list[str] | None = None) -> list[BindMount]:
     """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
     host = _read(host_resolv)
     resolv = container_resolv_conf(host)
     if _has_nameserver(host) and not _has_nameserver(resolv) and os.path.exists(upstream):
         resolv = container_resolv_conf(_read(upstream))
+    if dns:
+        resolv = with_nameservers(resolv, dns)
     files = {
         "hostname": f"{hostname}\n",
         "hosts": hosts or hosts_text(hostname),

@@ -223,6 +223,28 @@ class NetworkPlan:
                    peers=peers)
 
 
+def _ip(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidArgument(f"invalid {what}: {text!r} is not an IP address") from None
+
+
+def parse_add_host(text: str) -> tuple[str, str]:
+    """--add-host HOST:IP (docker's form; IPv6 addresses keep their colons)."""
+    host, sep, ip = text.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", host):
+        raise InvalidArgument(f"invalid --add-host {text!r}: use HOST:IP")
+    return host, _ip(ip.strip("[]"), f"--add-host {text!r}")
+
+
+def check_names(add_hosts: list[str], dns: list[str]) -> None:
+    for text in add_hosts:
+        parse_add_host(text)
+    for ip in dns:
+        _ip(ip, "--dns")
+
+
 def check_request(network: str, publish: list[str], volumes: list[str], tmpfs: list[str]) -> None:
     """Every network, port and mount flag of a container spec parses (each error names the flag's text); the
     same container path may be mounted once only."""

@@ -41,6 +41,8 @@ class ContainerSpec:
     tmpfs: list[str] = field(default_factory=list)
     read_only: bool = False
     user: str = ""  # UID[:GID] or NAME[:GROUP], looked up in the image's /etc/passwd and /etc/group
+    add_hosts: list[str] = field(default_factory=list)  # HOST:IP lines for /etc/hosts
+    dns: list[str] = field(default_factory=list)  # nameservers for /etc/resolv.conf instead of the host's
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -59,7 +61,7 @@ class ContainerSpec:
             log_max_size=p.int("log_max_size"), log_max_files=p.int("log_max_files"),
             auto_remove=p.bool("auto_remove"), network=p.str("network", ""), publish=p.strlist("publish"),
             volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
-            user=p.str("user", ""),
+            user=p.str("user", ""), add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"),
         )
         spec.check()
         return spec
@@ -79,6 +81,7 @@ class ContainerSpec:
         if not self.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")
         plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
+        plans.check_names(self.add_hosts, self.dns)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Volumes and filesystems, checked inside running containers: host bind mounts (rw and ro), named volumes (made
 on first use, the image's content copied in while empty, data kept after the container, rm refused while used),
-tmpfs with options, a read-only root, -u; and bad input refused with one line before anything is made."""
+tmpfs with options, a read-only root, -u, --hostname, --add-host, --dns; and bad input refused with one line
+before anything is made."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def test_tmpfs_read_only_root_and_user(env):
     (["--tmpfs", "/t:exec=1"], "invalid tmpfs option"),
     (["--tmpfs", "t"], "must be an absolute path"),
     (["-u", "nosuchuser"], "unable to find user"),
+    (["--add-host", "db"], "use HOST:IP"),
+    (["--add-host", "db:999.1.1.1"], "is not an IP address"),
+    (["--dns", "resolver"], "is not an IP address"),
 ])
 def test_bad_mount_input_is_one_line_and_nothing_is_made(env, flags, words):
     r = env.ctl("run", "--rm", "--name", env.name("bad"), *flags, "busybox", "true")
@@ -87,3 +91,12 @@ def test_a_later_bad_host_path_makes_no_volume_of_an_earlier_flag(env):
     r = env.ctl("run", "--rm", "-v", "early:/a", "-v", "/nonexistent-shimd-path:/b", "busybox", "true")
     assert r.rc == 125 and "does not exist" in r.err
     assert env.ok("volume", "ls", "-q").out == ""
+
+
+def test_hostname_add_host_and_dns_are_in_the_containers_etc_files(env):
+    out = env.ok("run", "--rm", "--hostname", "box", "--add-host", "db:10.1.2.3", "--add-host", "v6:[fd00::1]",
+                 "--dns", "192.0.2.53", "busybox", "sh", "-c", "hostname; cat /etc/hosts /etc/resolv.conf").out
+    lines = out.splitlines()
+    assert lines[0] == "box"
+    assert "10.1.2.3\tdb" in lines and "fd00::1\tv6" in lines and "127.0.1.1\tbox" in lines
+    assert [x for x in lines if x.startswith("nameserver")] == ["nameserver 192.0.2.53"]

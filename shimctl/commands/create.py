@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
     p.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
     p.add_argument("-u", "--user", default="", help="UID[:GID] or NAME[:GROUP] from the image")
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP", help="a line for /etc/hosts")
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver instead of the host's")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
@@ -58,6 +60,7 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
                       cwd=a.workdir, tty=a.tty, stdin=a.interactive, memory_limit=a.memory,
                       pids_limit=a.pids_limit, auto_remove=auto_remove, hostname=a.hostname, network=a.network,
                       publish=a.publish, volumes=a.volume, tmpfs=a.tmpfs, read_only=a.read_only, user=a.user,
+                      add_hosts=a.add_host, dns=a.dns,
                       **options.log_opts(a.log_opt))
     s.check()  # a bad flag is refused here, before the manager is asked
     return s
