@@ -10,6 +10,10 @@
     log_max_size = "100m"          # rotate the log past this size (0: never)
     log_max_files = 5              # files kept, the current one included
     stop_timeout = 10              # seconds between SIGTERM and SIGKILL for stop
+    network = "bridge"             # for containers that name none: bridge, host, none or a network's name
+
+SHIMD_DEFAULT_NETWORK in the environment overrides [container] network (the test suite runs containers with
+"none" so that only the networking tests, each in a network namespace of its own, make bridges and rules).
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from shimproto.errors import ShimdError
+from shimproto.plans import check_network_mode
+
 from .registry import Defaults
 
 DEFAULT_PATH = "/etc/shimd/config.toml"
+NETWORK_ENV = "SHIMD_DEFAULT_NETWORK"
 
 
 class ConfigError(Exception):
@@ -61,6 +69,18 @@ def _size(v: object, key: str) -> int:
     raise ConfigError(f"{key}: {v!r} is not a size (e.g. 100m)")
 
 
+def _network(v: object, file: str) -> str:
+    ok = isinstance(v, str) and bool(v) and not v.startswith("container:")
+    try:
+        ok = ok and check_network_mode(v) == v  # type: ignore[arg-type]
+    except ShimdError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"config file {file}: container.network ({NETWORK_ENV}) must be bridge, host, none or a "
+                          f"network's name, not {v!r}")
+    return v  # type: ignore[return-value]
+
+
 def load(path: str | None, flags: dict) -> Config:
     """The configuration from path (None: the default path, which may be absent) overridden by flags."""
     cfg = Config()
@@ -88,8 +108,12 @@ def load(path: str | None, flags: dict) -> Config:
             raise ConfigError(f"config file {file}: memory_merge must be true or false")
         cfg.memory_merge = data["memory_merge"]
     c = data.get("container", {})
-    if not isinstance(c, dict) or set(c) - {"log_max_size", "log_max_files", "stop_timeout"}:
-        raise ConfigError(f"config file {file}: [container] takes log_max_size, log_max_files, stop_timeout")
+    if not isinstance(c, dict) or set(c) - {"log_max_size", "log_max_files", "stop_timeout", "network"}:
+        raise ConfigError(f"config file {file}: [container] takes log_max_size, log_max_files, stop_timeout, "
+                          f"network")
+    network = os.environ.get(NETWORK_ENV) or c.get("network")
+    if network is not None:
+        cfg.defaults.network = _network(network, file)
     if "log_max_size" in c:
         cfg.defaults.log_max_size = _size(c["log_max_size"], "container.log_max_size")
     if "log_max_files" in c:

@@ -252,10 +252,13 @@ async def _launch_cold(id: str, state_dir: str, runtime: str, runtime_root: str)
     raise Internal(f"shim of {id} failed to start: {detail or 'no report'}")
 
 
-async def cleanup_dead(id: str, state_dir: str, runtime: str, runtime_root: str) -> ExitStatus | None:
-    """Run `shimd delete` for a shim that is gone; returns the exit status it had recorded, if any."""
+async def cleanup_dead(id: str, state_dir: str, runtime: str, runtime_root: str,
+                       files_dir: str = "") -> ExitStatus | None:
+    """Run `shimd delete` for a shim that is gone (files_dir: the container's dir, where its network record
+    is); returns the exit status it had recorded, if any."""
     proc = await asyncio.create_subprocess_exec(
-        *_shim_cmd("delete", id, state_dir, runtime, runtime_root), env=_env(),
+        *_shim_cmd("delete", id, state_dir, runtime, runtime_root), *(["--files", files_dir] if files_dir else []),
+        env=_env(),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     try:

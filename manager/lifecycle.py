@@ -22,7 +22,7 @@ from shimproto.model import CREATED, DELETED, STOPPED, check_id, parse_signal
 from shimproto.plant import planted
 from shimproto.spec import MOUNT_DATA_MAX, ContainerSpec, ShimCreate, overlay_data
 
-from . import faults, launcher
+from . import attach, faults, launcher
 from .entry import CREATING, STATES, Entry
 from .registry import EVENT_POLL, SHIM_TIMEOUT, Registry, shim_alive, wait_gone
 from .store import Meta
@@ -95,6 +95,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     try:
         lower, digest = _resolve(r, spec, id)
         meta = Meta(spec=spec, lower=lower, created_at=time.time_ns(), request_key=key, image_digest=digest)
+        network, mounts = attach.network_plan(r, spec), attach.mount_plans(r, spec)
         e = Entry(meta, state=STATES[CREATING], status=r.events.status(id))
         r.store.set_intent(id, "create", key)
         try:
@@ -104,7 +105,8 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             faults.point("create:launched")
             upper, work = r.store.fs(id)
             req = ShimCreate(spec=spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(id),
-                             cgroups_path=f"/shimd/{id}", files_dir=r.store.dir(id))
+                             cgroups_path=f"/shimd/{id}", files_dir=r.store.dir(id), network=network,
+                             mounts=mounts)
             await r.call(e, "create", req.to_wire(), timeout=30.0, key=step(key, "create"))
             faults.point("create:created")
             if and_start and not planted("create-skips-start"):  # planted: answered as started, left created
@@ -125,6 +127,8 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     finally:
         r.reserved.discard(id)
     r.start_pump(e)
+    if network.mode == "cni":
+        r.background(attach.sync_peers(r, network.network))
     if spec.auto_remove and and_start:
         watch_auto_remove(r, e)
     return e
@@ -134,7 +138,7 @@ async def rollback_create(r: Registry, e: Entry, pid: int) -> None:
     """Take back a create that did not finish: the shim kills and deletes whatever it made, then exits."""
     if pid:
         await shutdown_shim(r, e.id, pid, "roll back create")
-    await launcher.cleanup_dead(e.id, r.store.shim_dir(e.id), r.runtime, r.store.runc_root)
+    await launcher.cleanup_dead(e.id, r.store.shim_dir(e.id), r.runtime, r.store.runc_root, r.store.dir(e.id))
     e.move("roll_back")
     r.store.remove(e.id)
     r.entries.pop(e.id, None)
@@ -231,6 +235,7 @@ async def finish_delete(r: Registry, e: Entry, key: str = "") -> dict | None:
     if key:  # before the files go: a repeat of this call after a crash finds its answer here
         r.store.save_outcome(key, {"exit": exit})
     r.forget(e)
+    r.background(attach.sync_peers(r, e.meta.spec.network))
     return exit
 
 

@@ -27,8 +27,10 @@ from shimproto.rpc import AsyncClient
 from . import faults, launcher
 from .entry import Entry
 from .events import EventLog
+from .networks import Networks, published, read_record
 from .store import Store
 from .streams import Streams
+from .volumes import Volumes
 
 if TYPE_CHECKING:
     from .images.service import Images
@@ -100,6 +102,7 @@ class Defaults:
     log_max_size: int = 0
     log_max_files: int = 5
     stop_timeout: float = 10.0
+    network: str = "bridge"  # for a container that names none (docker's default)
 
 
 @dataclass
@@ -131,6 +134,8 @@ class Registry:
         self.tasks: set[asyncio.Task] = set()
         self._images: Images | None = None
         self.streams = Streams()  # export's tars on their way out
+        self.networks = Networks(store.root)
+        self.volumes = Volumes(store.root)
 
     @property
     def images(self) -> Images:
@@ -260,7 +265,7 @@ class Registry:
         for ev in journal.load(os.path.join(self.store.shim_dir(e.id), "events.journal")):
             self.record(e, ev)  # what it journaled but we had not pulled yet
         recorded = await launcher.cleanup_dead(e.id, self.store.shim_dir(e.id), self.runtime,
-                                               self.store.runc_root)
+                                               self.store.runc_root, self.store.dir(e.id))
         if e.exit is None:  # the shim never got to publish the init's exit
             exit = (recorded or ExitStatus(code=255, reason="shim-lost")).to_wire()
             self.record(e, {"seq": self.events.last_seq(e.id) + 1, "type": "exit", "id": e.id, "exec_id": "",
@@ -288,6 +293,7 @@ class Registry:
         st = probe.state if probe else e.status
         exit = st.get("exit")
         spec = e.meta.spec
+        net = read_record(self.store.dir(e.id))
         out = {
             "id": e.id,
             "image": spec.image,
@@ -312,6 +318,9 @@ class Registry:
             "execs": st.get("execs", []),
             "log_dropped_bytes": st.get("log_dropped_bytes", 0),
             "spec": spec.to_wire(),
+            "network": spec.network,
+            "ip": net.get("ip", ""),
+            "ports": [p.to_wire() for p in published(net)],
         }
         if probe and probe.error is not None and not e.lost:
             out["error"] = probe.error.message

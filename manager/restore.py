@@ -155,6 +155,6 @@ async def _orphan_shims(r: Registry) -> int:
         pid = read_pid(os.path.join(r.store.shim_dir(id), "shim.pid"))
         if pid and shim_alive(pid, id):
             await shutdown_shim(r, id, pid, "orphan")
-        await launcher.cleanup_dead(id, r.store.shim_dir(id), r.runtime, r.store.runc_root)
+        await launcher.cleanup_dead(id, r.store.shim_dir(id), r.runtime, r.store.runc_root, r.store.dir(id))
         shutil.rmtree(r.store.shim_dir(id), ignore_errors=True)
     return n

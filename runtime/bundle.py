@@ -35,6 +35,18 @@ class BindMount:
                 "options": ["rbind", "rprivate", "ro" if self.readonly else "rw"]}
 
 
+@dataclass(frozen=True)
+class TmpfsMount:
+    """A tmpfs of the container's own (docker's --tmpfs): nosuid and nodev unless options say otherwise."""
+
+    destination: str
+    options: tuple[str, ...] = ()
+
+    def to_oci(self) -> dict:
+        return {"destination": self.destination, "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", *self.options]}
+
+
 @dataclass
 class Spec:
     args: list[str]
@@ -47,8 +59,15 @@ class Spec:
     readonly_rootfs: bool = False
     memory_limit: int | None = None
     pids_limit: int | None = None
-    binds: list[BindMount] = field(default_factory=list)  # after the standard mounts, in this order
+    binds: list[BindMount | TmpfsMount] = field(default_factory=list)  # after the standard mounts, in this order
+    netns: str | None = ""  # "": a new network namespace; None: the host's; a path: join that one
     user: dict | None = None  # {uid, gid, additionalGids?}; None: root
+
+    def _namespaces(self) -> list[dict]:
+        out: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+        if self.netns is not None:
+            out.insert(1, {"type": "network", "path": self.netns} if self.netns else {"type": "network"})
+        return out
 
     def to_oci(self) -> dict:
         resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -89,7 +108,7 @@ class Spec:
             "linux": {
                 "cgroupsPath": self.cgroups_path,
                 "resources": resources,
-                "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+                "namespaces": self._namespaces(),
                 "maskedPaths": MASKED,
                 "readonlyPaths": READONLY,
             },

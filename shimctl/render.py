@@ -87,3 +87,12 @@ def status(c: dict, now: float) -> str:
     if st == CREATED:
         return "Created"
     return str(st).capitalize()
+
+
+def port(p: dict) -> str:
+    """docker's form of one published port: 0.0.0.0:8080->80/tcp"""
+    return f"{p.get('host_ip') or '0.0.0.0'}:{p.get('host_port')}->{p.get('container_port')}/{p.get('protocol')}"
+
+
+def ports(ps: list[dict]) -> str:
+    return ", ".join(port(p) for p in ps)

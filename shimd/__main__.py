@@ -1,7 +1,7 @@
 """shimd: argv -> config -> run, and the offline `delete` cleanup for a shim that is gone.
 
     shimd start --id ID --state DIR [--runtime runc] [--runtime-root DIR] [--ready-fd N]
-    shimd delete --id ID --state DIR [--runtime runc] [--runtime-root DIR]
+    shimd delete --id ID --state DIR [--runtime runc] [--runtime-root DIR] [--files DIR]
     shimd template --control-fd N --parent PID [--memory-merge]   the warm fork server (shimd/template.py)
 
 `start` detaches (double fork, new session) and reports "ok <pid>" or "error <text>" on the ready fd once its API
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--state", required=True, help="the shim's state directory")
         p.add_argument("--runtime", default="runc")
         p.add_argument("--runtime-root", default=None)
+        if name == "delete":
+            p.add_argument("--files", default="", help="the container's files dir (its network record)")
         if name == "start":
             p.add_argument("--ready-fd", type=int, default=None)
             p.add_argument("--debug", action="store_true")
@@ -180,21 +182,34 @@ def spare(link: socket.socket) -> int:
         return serve(cfg, prepared=True)
 
 
-def delete(cfg: ShimConfig) -> int:
-    """Clean up after a shim that is gone: force-delete the runtime's container, unmount, remove the state.
+def delete(cfg: ShimConfig, files_dir: str = "") -> int:
+    """Clean up after a shim that is gone: release the container's network (CNI DEL from the record in files_dir,
+    naming the namespace of the container's init while it still runs), force-delete the runtime's container,
+    unmount, remove the state.
 
     Prints the recorded exit status as JSON (null when the shim recorded none)."""
+    from runtime.cni import Cni
     from runtime.opts import DeleteOpts
     from runtime.runc import Runc
+    from shimproto.model import CREATED, PAUSED, RUNNING
 
     from . import sys as _sys
     from .container import recorded_exit
+    from .net import RECORD, release_recorded
     from .reaper import Reaper
 
     async def run() -> None:
         reaper = Reaper()
         reaper.install(asyncio.get_running_loop())
         runc = Runc(reaper, binary=cfg.runtime, root=cfg.runtime_root)
+        if files_dir and os.path.exists(os.path.join(files_dir, RECORD)):
+            try:  # only a live init's pid: a stopped one's may name another process by now
+                st = await runc.state(cfg.id)
+                pid = int(st.get("pid") or 0) if st.get("status") in (CREATED, RUNNING, PAUSED) else 0
+            except Exception:  # no such container in the runtime: its namespace went with it
+                pid = 0
+            netns = f"/proc/{pid}/ns/net" if pid else ""
+            await release_recorded(os.path.join(files_dir, RECORD), Cni(reaper), logging.getLogger("shimd"), netns)
         try:
             await runc.delete(cfg.id, DeleteOpts(force=True))
         except Exception as e:  # runtime NotFound is the usual case: nothing to delete
@@ -227,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ShimConfig(id=a.id, state_dir=os.path.abspath(a.state), runtime=a.runtime,
                      runtime_root=a.runtime_root, ready_fd=getattr(a, "ready_fd", None),
                      debug=getattr(a, "debug", False))
-    return start(cfg) if a.cmd == "start" else delete(cfg)
+    return start(cfg) if a.cmd == "start" else delete(cfg, a.files)
 
 
 if __name__ == "__main__":

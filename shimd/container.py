@@ -19,6 +19,7 @@ import shutil
 import signal
 
 from runtime.bundle import DEFAULT_ENV, Spec, write_bundle
+from runtime.cni import Cni
 from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
 from shimproto.cri import PLAIN, ReadOpts
@@ -29,10 +30,12 @@ from shimproto.spec import ShimCreate
 
 from . import sys as _sys
 from .cgroup import OomWatch
-from .etcfiles import write_etc_files
+from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
 from .events import Journal
 from .io.log import LogWriter
 from .io.stdio import ProcessIO
+from .mounts import oci_mounts
+from .net import ShimNetwork
 from .process.context import ExitHooks, ProcessContext
 from .process.process import ExecProcess, InitProcess, Process
 from .reaper import Reaper
@@ -62,6 +65,7 @@ class Container:
         self._oom: OomWatch | None = None
         self._torn_down = False
         self._delete_lock = asyncio.Lock()
+        self.net = ShimNetwork(id, state_dir, Cni(reaper, tmp_dir=state_dir), log)
 
     # --- lookups -------------------------------------------------------------------------------------------
 
@@ -92,11 +96,15 @@ class Container:
         _sys.mount_overlay(req.lower, req.upper, req.work, self.rootfs)
         try:
             hostname = spec.hostname or self.id
+            await self.net.attach(req.network, req.files_dir)
+            hosts = hosts_text(hostname, self.net.ip, host_lines(spec, req.network.peers))
             write_bundle(self.bundle, Spec(
                 args=spec.args, env=spec.env or list(DEFAULT_ENV), cwd=spec.cwd or "/", hostname=hostname,
                 cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
                 memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
-                binds=write_etc_files(req.files_dir, hostname),
+                binds=write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) +
+                oci_mounts(self.rootfs, req.mounts),
+                netns=self.net.netns(), readonly_rootfs=spec.read_only,
                 user=resolve_user(self.rootfs, spec.user) if spec.user else None,
             ))
             self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
@@ -104,6 +112,7 @@ class Container:
         except BaseException:
             if self._writer is not None:
                 self._writer.close()
+            await self.net.release()
             _sys.unmount(self.rootfs)
             raise
         self.req = req
@@ -276,6 +285,13 @@ class Container:
         p.state.check_io(p, "resize")
         p.io.resize(rows, cols)
 
+    def set_peers(self, peers: list[list[str]]) -> None:
+        """The other containers of our network changed: [ip, name, ...] each, written into our /etc/hosts."""
+        if self.req is None or self.net.plan.mode != "cni":
+            return
+        rewrite_hosts(self.req.files_dir, hosts_text(self.req.spec.hostname or self.id, self.net.ip,
+                                                     host_lines(self.req.spec, peers)))
+
     def reopen_log(self) -> None:
         if self._writer is not None:
             self._writer.reopen()
@@ -312,6 +328,7 @@ class Container:
         self._end_run()
         if self._writer is not None:
             self._writer.close()
+        await self.net.release()
         _sys.unmount(self.rootfs)
         self.journal.emit("delete")
         self.journal.close()
@@ -337,6 +354,7 @@ class Container:
             "log_path": self.log_path,
             "events_seq": self.journal.seq,
             "execs": [p.describe() for p in self.execs.values()],
+            "network": self.net.describe(),
         }
 
     async def logs(self, exec_id: str, cur: int, follow: bool, timeout: float, max_bytes: int, tail: int = -1,

@@ -1,9 +1,11 @@
 """The container's /etc/hostname, /etc/hosts and /etc/resolv.conf, as docker provides them: written by the shim into
 the container's directory (files_dir) and bind-mounted over the image's own files.
 
-There is no container network yet, so hosts carries docker's localhost lines plus the hostname on 127.0.1.1, and
-resolv.conf is the host's with loopback nameservers dropped (they would point at the container's own loopback);
-no nameserver of our own is ever added.
+hosts carries docker's localhost lines, the hostname on the container's own address (127.0.1.1 without a network of
+its own), and one line per other container on the same network (name resolution between containers is by /etc/hosts:
+the manager sends a shim the new list when a container joins or leaves, and `rewrite_hosts` changes the file in
+place, so the bind mount keeps showing it). resolv.conf is the host's with loopback nameservers dropped (they would
+point at the container's own loopback); no nameserver of our own is ever added.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 
 from runtime.bundle import BindMount
 from shimproto.fsutil import atomic_write
+from shimproto.plans import parse_add_host
+from shimproto.spec import ContainerSpec
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 # When the host's file names only systemd-resolved's stub (127.0.0.53), docker takes resolved's list of the real
@@ -58,16 +62,43 @@ def _has_nameserver(text: str) -> bool:
     return any(line.split()[:1] == ["nameserver"] for line in text.splitlines())
 
 
+def hosts_text(hostname: str, ip: str = "", peers: list[list[str]] | tuple = ()) -> str:
+    """docker's /etc/hosts: localhost lines, our own name, then [ip, name, ...] of each peer."""
+    return HOSTS + f"{ip or '127.0.1.1'}\t{hostname}\n" + "".join(f"{p[0]}\t{' '.join(p[1:])}\n" for p in peers
+                                                                if len(p) > 1 and p[0] != ip)
+
+
+def host_lines(spec: ContainerSpec, peers: list[list[str]]) -> list[list[str]]:
+    """The peers' lines ([ip, name, ...]), then --add-host's."""
+    return peers + [[ip, host] for host, ip in map(parse_add_host, spec.add_hosts)]
+
+
+def rewrite_hosts(files_dir: str, text: str) -> None:
+    """Replace the hosts file's content in place (same inode: the container's bind mount shows the new text)."""
+    with open(os.path.join(files_dir, "hosts"), "r+") as f:
+        f.truncate(0)
+        f.write(text)
+
+
+def with_nameservers(resolv: str, dns: list[str]) -> str:
+    """docker's --dns: the given nameservers instead of the file's, its search and options lines kept."""
+    kept = [line for line in resolv.splitlines() if line.split()[:1] != ["nameserver"]]
+    return "\n".join(kept + [f"nameserver {ip}" for ip in dns]) + "\n"
+
+
 def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF,
-                    upstream: str = RESOLVED_UPSTREAM) -> list[BindMount]:
+                    upstream: str = RESOLVED_UPSTREAM, hosts: str = "",
+                    dns: list[str] | None = None) -> list[BindMount]:
     """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
     host = _read(host_resolv)
     resolv = container_resolv_conf(host)
     if _has_nameserver(host) and not _has_nameserver(resolv) and os.path.exists(upstream):
         resolv = container_resolv_conf(_read(upstream))
+    if dns:
+        resolv = with_nameservers(resolv, dns)
     files = {
         "hostname": f"{hostname}\n",
-        "hosts": HOSTS + f"127.0.1.1\t{hostname}\n",
+        "hosts": hosts or hosts_text(hostname),
         "resolv.conf": resolv,
     }
     os.makedirs(files_dir, mode=0o711, exist_ok=True)

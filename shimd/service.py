@@ -36,7 +36,7 @@ _RUNTIME_TO_WIRE: dict[type[rt.RuntimeError_], type[wire.ShimdError]] = {
 }
 
 MUTATING = ("create", "start", "kill", "exec", "write_stdin", "close_stdin", "resize", "pause", "resume", "update",
-            "delete", "shutdown", "restart")
+            "delete", "shutdown", "restart", "hosts")
 QUERIES = ("state", "pids", "stats", "wait", "logs", "events", "reopen_log", "ping")
 
 
@@ -164,6 +164,14 @@ class ShimService:
         since = p.int("since", 0)
         evs = await self.c.journal.wait_since(since, _timeout(p))
         return {"events": evs, "seq": self.c.journal.seq}
+
+    async def hosts(self, p: Params) -> None:
+        """hosts {peers: [[ip, name, ...], ...]}: the other containers of our network, for our /etc/hosts."""
+        raw = p.raw.get("peers")
+        if not isinstance(raw, list) or not all(isinstance(x, list) and all(isinstance(s, str) for s in x)
+                                                for x in raw):
+            raise wire.InvalidArgument("hosts: peers must be a list of [ip, name, ...] lists")
+        self.c.set_peers(raw)
 
     async def reopen_log(self, p: Params) -> None:
         self.c.reopen_log()

@@ -14,6 +14,8 @@ from shimproto.spec import MOUNT_DATA_MAX, overlay_data
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_MEMORY_MERGE = 67
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
@@ -60,6 +62,42 @@ def unmount(target: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def pin_new_netns(pin: str) -> None:
+    """Make a new network namespace and pin it by a bind mount on the (empty, regular) file pin, in the calling
+    process's mount namespace (the shim's own: the pin is invisible elsewhere and goes with the shim).
+
+    unshare(CLONE_NEWNET) moves only the calling thread, so it runs in a short-lived thread of its own: the shim's
+    other threads and sockets stay in the host's namespace."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+            src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+            _check(_libc.mount(src, pin.encode(), None, MS_BIND, None), f"bind mount a network namespace on {pin}")
+        except BaseException as e:  # handed to the calling thread
+            errors.append(e)
+
+    fd = os.open(pin, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    t = threading.Thread(target=work, name="netns-pin")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+def unpin_netns(pin: str) -> None:
+    """Unmount and remove a pin made by pin_new_netns (the namespace goes once nothing else holds it)."""
+    unmount(pin)
+    try:
+        os.unlink(pin)
+    except FileNotFoundError:
+        pass
 
 
 def is_mounted(target: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from . import plans
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -44,6 +45,14 @@ class ContainerSpec:
     user: str = ""  # "" : the image's User, else root; UID[:GID] or NAME[:GROUP] of the container's /etc/passwd
     stop_signal: str = ""  # "" : the image's StopSignal, else SIGTERM
     labels: dict[str, str] = field(default_factory=dict)  # over the image's Labels
+    # networks, ports and mounts (docker's texts, parsed by shimproto.plans); "" network: the manager's default
+    network: str = ""
+    publish: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    read_only: bool = False
+    add_hosts: list[str] = field(default_factory=list)  # HOST:IP lines for /etc/hosts
+    dns: list[str] = field(default_factory=list)  # nameservers for /etc/resolv.conf instead of the host's
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -63,6 +72,9 @@ class ContainerSpec:
             auto_remove=p.bool("auto_remove"),
             entrypoint=(p.strlist("entrypoint"), None)[raw.get("entrypoint") is None],  # read either way: None or []
             user=p.str("user", ""), stop_signal=p.str("stop_signal", ""), labels=p.map("labels", {}),
+            network=p.str("network", ""), publish=p.strlist("publish"),
+            volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
+            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"),
         )
         spec.check()
         return spec
@@ -83,6 +95,8 @@ class ContainerSpec:
             raise InvalidArgument(f"working directory {self.cwd!r} must be an absolute path")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):
             raise InvalidArgument("labels must map strings to strings")
+        plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
+        plans.check_names(self.add_hosts, self.dns)
 
 
 @dataclass
@@ -96,13 +110,21 @@ class ShimCreate:
     log_path: str
     cgroups_path: str
     files_dir: str  # where the shim writes the container's hostname, hosts and resolv.conf
+    network: plans.NetworkPlan = field(default_factory=plans.NetworkPlan)
+    mounts: list[plans.MountPlan] = field(default_factory=list)  # after the /etc files, in this order
 
     def to_wire(self) -> dict:
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"},
-                "spec": self.spec.to_wire()}
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.type == "str"},
+                "spec": self.spec.to_wire(), "network": self.network.to_wire(),
+                "mounts": [m.to_wire() for m in self.mounts]}
 
     @classmethod
     def from_wire(cls, raw: dict) -> ShimCreate:
         p = Params("create", raw)
+        mounts = raw.get("mounts") or []
+        if not isinstance(mounts, list):
+            raise InvalidArgument("create: parameter 'mounts' must be a list")
         return cls(spec=ContainerSpec.from_wire(p.map("spec", required=True)),
-                   **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.name != "spec"})
+                   network=plans.NetworkPlan.from_wire(p.map("network")),
+                   mounts=[plans.MountPlan.from_wire(m) for m in mounts],
+                   **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.type == "str"})

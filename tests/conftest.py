@@ -20,6 +20,13 @@ import pytest
 from tests import leaks
 from tests.harness import Env, new_env, remove_base, tag_of
 
+pytest_plugins = ["tests.netns"]  # the network namespace fixtures of the networking tests
+
+# Containers of the suite get runc's own empty network namespace (loopback up) unless a test asks for a network:
+# the networking tests (tests/test_network*.py) run their managers inside network namespaces they made, so no
+# bridge, address or NAT rule is ever made in the host's.
+os.environ.setdefault("SHIMD_DEFAULT_NETWORK", "none")
+
 _bases: list[str] = []
 _ids: dict[str, set[str]] = {}  # base -> its container ids, kept after the base dir is removed
 _managers: dict[str, set[int]] = {}  # base -> the pids of its managers (their shim templates are its own)

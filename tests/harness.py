@@ -70,6 +70,7 @@ class Env(Cli):
     since: int = field(default_factory=leaks.boot_ticks)  # when the test began, for zombies of pytest's tree
     ids: set[str] = field(default_factory=set)  # every container id of the test, known after cleanup()
     managers: set[int] = field(default_factory=set)  # pids of every manager the test ran
+    wrap: list[str] = field(default_factory=list)  # what every manager runs under unless told (a netns: nsenter)
 
     @property
     def root(self) -> str:
@@ -88,7 +89,8 @@ class Env(Cli):
     def start_manager(self, *extra: str, wrap: list[str] | None = None, env: dict | None = None) -> None:
         log = os.path.join(self.base, f"manager-{len(self.log_files)}.log")
         self.log_files.append(log)
-        cmd = (wrap or []) + [PY, "-m", "manager", "--root", self.root, "--state", self.state, *extra]
+        cmd = (self.wrap if wrap is None else wrap) + [PY, "-m", "manager", "--root", self.root, "--state",
+                                                       self.state, *extra]
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env={**os.environ, **(env or {})}, cwd=REPO)

@@ -325,15 +325,15 @@ def _zombies(s: Scan, since: int) -> list[str]:
 
 def _mounts(s: Scan) -> list[str]:
     host = os.readlink("/proc/self/ns/mnt")
-    rootfs = {}  # a live shim's namespace -> its container's rootfs, the one mount it may hold
+    own: dict[str, set[str]] = {}  # a live shim's namespace -> the mounts it may hold: rootfs, network ns pin
     for pid, sid in s.shims.items():
         with contextlib.suppress(OSError):
-            rootfs[os.readlink(f"/proc/{pid}/ns/mnt")] = os.path.join(s.base, "state", "shims", sid, "bundle",
-                                                                       "rootfs")
+            d = os.path.join(s.base, "state", "shims", sid)
+            own[os.readlink(f"/proc/{pid}/ns/mnt")] = {os.path.join(d, "bundle", "rootfs"), os.path.join(d, "netns")}
     out, seen = [], set()
     for ns, (pid, mps) in sorted(mounts_by_namespace(s.table).items(), key=lambda kv: kv[0] != host):
         for mp in mps:
-            if not _under(mp, s.base) or mp in seen or rootfs.get(ns) == mp:
+            if not _under(mp, s.base) or mp in seen or mp in own.get(ns, ()):
                 continue
             seen.add(mp)
             holder = s.table[pid].cmd if pid in s.table else ""

@@ -213,7 +213,7 @@ def test_ps_quiet_filters_and_human_times(env):
     assert env.ok("ps", "-q", "-f", "name=web", "-f", "status=exited").out.split() == []
     env.ok("pause", db)
     table = env.ok("ps", "-a").out.splitlines()
-    assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID"]
+    assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID", "PORTS"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert re.search(r"(Less than a second|\d+ seconds?) ago\s+Up (Less than a second|\d+ seconds?)\s+\d+$", rows[web])
     assert re.search(r"Up .* \(Paused\)", rows[db])

@@ -34,6 +34,7 @@ from . import (
     kill,
     list,
     logs,
+    network,
     ping,
     proxy,
     pull,
@@ -43,6 +44,7 @@ from . import (
     stop,
     transfers,
     version,
+    volume,
     wait,
 )
 from .params import request_key
@@ -50,6 +52,7 @@ from .params import request_key
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info,
            pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save,
            export, export_read, commit, transfers)
+GROUPS = (network, volume)  # several commands each: HANDLERS maps their names to handlers
 
 
 def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:
@@ -69,6 +72,8 @@ def handlers(m: Registry) -> dict[str, Callable[[Params], Awaitable[object]]]:
         return h
 
     table = {mod.NAME: once(mod.handle) for mod in MODULES}
+    for group in GROUPS:
+        table |= {name: once(fn) for name, fn in group.HANDLERS.items()}
     for name in proxy.ROUTES:
         table[name] = once(proxy.handler(name))
     return table

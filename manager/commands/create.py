@@ -28,5 +28,6 @@ async def handle(m: Registry, p: Params) -> dict:
         spec.log_max_size = m.defaults.log_max_size
     if spec.log_max_files is None:
         spec.log_max_files = m.defaults.log_max_files
+    spec.network = spec.network or m.defaults.network
     e = await lifecycle.create(m, spec, p.bool("start"), request_key(p))
     return await m.inspect(e)

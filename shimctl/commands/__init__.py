@@ -11,7 +11,7 @@ from types import ModuleType
 
 VERBS = (
     "run", "create", "start", "restart", "exec", "attach", "ps", "inspect", "logs", "wait", "kill", "stop", "rm",
-    "pause", "unpause", "update", "stats", "top", "events", "version", "info",
+    "pause", "unpause", "update", "stats", "top", "events", "version", "info", "port", "network", "volume",
     "pull", "push", "images", "image", "tag", "rmi", "export", "commit",
 )
 

@@ -36,6 +36,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
     p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
+    p.add_argument("--hostname", default="", help="the container's host name (default: its id)")
+    p.add_argument("--network", "--net", default="", metavar="NETWORK",
+                   help="bridge (default), host, none, container:ID or a network's name")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:CTRPORT[/PROTO]",
+                   help="publish a container port on the host (CTRPORT alone: a free host port)")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+                   help="bind mount an absolute host path, or a named volume, at DST")
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
+    p.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP", help="a line for /etc/hosts")
+    p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver instead of the host's")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
@@ -52,12 +63,15 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
         raise exitcodes.Usage(f"{verb} needs an IMAGE or --rootfs DIR")
     entrypoint = None if a.entrypoint is None else [a.entrypoint] if a.entrypoint else []
     labels = dict(x.partition("=")[::2] for x in a.label)
-    return ContainerSpec(args=cmd if image or cmd else ["sh"], id=a.name or "", image=image,
-                         rootfs=os.path.abspath(a.rootfs) if a.rootfs else "", env=options.env_list(a.env),
-                         cwd=a.workdir or ("" if image else "/"), tty=a.tty, stdin=a.interactive,
-                         memory_limit=a.memory, pids_limit=a.pids_limit, auto_remove=auto_remove,
-                         entrypoint=entrypoint, user=a.user, stop_signal=a.stop_signal, labels=labels,
-                         **options.log_opts(a.log_opt))
+    s = ContainerSpec(args=cmd if image or cmd else ["sh"], id=a.name or "", image=image,
+                      rootfs=os.path.abspath(a.rootfs) if a.rootfs else "", env=options.env_list(a.env),
+                      cwd=a.workdir or ("" if image else "/"), tty=a.tty, stdin=a.interactive,
+                      memory_limit=a.memory, pids_limit=a.pids_limit, auto_remove=auto_remove,
+                      entrypoint=entrypoint, user=a.user, stop_signal=a.stop_signal, labels=labels,
+                      hostname=a.hostname, network=a.network, publish=a.publish, volumes=a.volume, tmpfs=a.tmpfs,
+                      read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, **options.log_opts(a.log_opt))
+    s.check()  # a bad flag is refused here, before the manager is asked
+    return s
 
 
 def create(cli: Cli, s: ContainerSpec, start: bool) -> str:

@@ -64,8 +64,9 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
             print(c["id"])
     else:
         now = time.time()
-        print(render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID"], [
+        print(render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID", "PORTS"], [
             [c["id"], c["image"] or "-", " ".join(c["args"])[:40], render.ago(c["created_at"], now),
-             render.status(c, now), c["pid"] if c["status"] in (RUNNING, PAUSED) and c["pid"] else "-"]
+             render.status(c, now), c["pid"] if c["status"] in (RUNNING, PAUSED) and c["pid"] else "-",
+             render.ports(c.get("ports") or [])]
             for c in rows]), end="")
     return 0

@@ -1,0 +1,104 @@
+"""What a new container is attached to, decided by the manager before its shim is asked: the network plan (the
+network's CNI list and ports, a namespace to join, or none) and the mount plans (host paths checked, named
+volumes made), plus the /etc/hosts lists of the containers on one network (`sync_peers`).
+
+Everything here fails with an InvalidArgument or NotFound naming the flag before anything is made. The manager
+only reads what shims wrote (each container's network record, <root>/containers/<id>/network.json); it never
+enters a namespace."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from shimproto.errors import InvalidArgument, InvalidState, ShimdError
+from shimproto.model import PAUSED, RUNNING
+from shimproto.plans import (
+    CONTAINER_PREFIX,
+    HOST,
+    NONE,
+    MountPlan,
+    NetworkPlan,
+    PortMapping,
+    TmpfsSpec,
+    VolumeSpec,
+)
+from shimproto.spec import ContainerSpec
+
+from .entry import Entry
+from .networks import read_record
+from .registry import Registry
+
+log = logging.getLogger("shimd.manager")
+
+
+def network_plan(r: Registry, spec: ContainerSpec) -> NetworkPlan:
+    mode = spec.network
+    if mode in (HOST, NONE):
+        return NetworkPlan(mode=mode)
+    if mode.startswith(CONTAINER_PREFIX):
+        target = r.get(mode[len(CONTAINER_PREFIX):])
+        if target.status.get("status") not in (RUNNING, PAUSED) or not target.status.get("pid"):
+            raise InvalidState(f"cannot join the network of container {target.id}: it is not running")
+        if target.meta.spec.network == HOST:
+            return NetworkPlan(mode=HOST)
+        return NetworkPlan(mode="join", join=f"/proc/{target.status['pid']}/ns/net")
+    net = r.networks.get(mode)
+    return NetworkPlan(mode="cni", network=net.name, conflist=net.conflist(r.networks.ipam_dir),
+                       ports=[PortMapping.parse(p) for p in spec.publish], peers=peers(r, net.name))
+
+
+def mount_plans(r: Registry, spec: ContainerSpec) -> list[MountPlan]:
+    out = []
+    vols = [(text, VolumeSpec.parse(text)) for text in spec.volumes]
+    for text, v in vols:  # every host path first: a bad one refuses the create before any volume is made
+        if not v.named and not os.path.exists(v.source):
+            raise InvalidArgument(f"invalid volume {text!r}: host path {v.source} does not exist")
+    for _, v in vols:
+        if v.named:
+            r.volumes.create(v.source, exist_ok=True)
+            out.append(MountPlan("bind", v.destination, r.volumes.data(v.source), v.readonly, copy_up=True))
+            continue
+        out.append(MountPlan("bind", v.destination, v.source, v.readonly))
+    out += [MountPlan("tmpfs", t.destination, options=t.options) for t in map(TmpfsSpec.parse, spec.tmpfs)]
+    return out
+
+
+def volume_users(r: Registry, name: str) -> list[str]:
+    return [e.id for e in r.entries.values()
+            if any(VolumeSpec.parse(v).source == name for v in e.meta.spec.volumes)]
+
+
+def network_users(r: Registry, name: str) -> list[str]:
+    return [e.id for e in r.entries.values() if e.meta.spec.network == name]
+
+
+# --- names between containers: /etc/hosts -------------------------------------------------------------------------
+
+def _on(r: Registry, network: str) -> list[Entry]:
+    return [e for e in r.entries.values() if e.meta.spec.network == network and not e.removed]
+
+
+def peers(r: Registry, network: str) -> list[list[str]]:
+    """[ip, id, hostname?] of every container on the network that has an address."""
+    out = []
+    for e in _on(r, network):
+        ip = read_record(r.store.dir(e.id)).get("ip")
+        if isinstance(ip, str) and ip:
+            names = [e.id] + ([e.meta.spec.hostname] if e.meta.spec.hostname not in ("", e.id) else [])
+            out.append([ip, *names])
+    return out
+
+
+async def sync_peers(r: Registry, network: str) -> None:
+    """Send every live container on the network the current list (each shim rewrites its /etc/hosts)."""
+    if network in ("", HOST, NONE) or network.startswith(CONTAINER_PREFIX):
+        return
+    current = peers(r, network)
+    for e in _on(r, network):
+        if e.client is None or not e.state.watches_shim:
+            continue
+        try:
+            await r.call(e, "hosts", {"peers": current}, timeout=5.0)
+        except ShimdError as err:
+            log.warning("[%s] hosts of network %s not updated: %s", e.id, network, err)
