@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+from util import manager_cmd
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 PY = os.path.join(REPO, ".venv", "bin", "python")
@@ -71,8 +73,9 @@ class Shimd:
         self.root, self.state = os.path.join(base, "root"), os.path.join(base, "state")
         self.sock = os.path.join(self.state, "shimd.sock")
         self.log = open(os.path.join(base, "manager.log"), "ab")
-        self.proc = subprocess.Popen([PY, "-m", "manager", "--root", self.root, "--state", self.state], cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        cmd, env = manager_cmd(self.root, self.state)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=self.log)
         _wait(lambda: os.path.exists(self.sock), 30, "the manager's socket")
         from shimproto.client import Client
 

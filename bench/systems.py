@@ -17,7 +17,7 @@ import threading
 import time
 
 import psutil
-from util import PY, REPO, run, say, timed, wait_for
+from util import PY, REPO, manager_cmd, run, say, timed, wait_for
 
 BUSYBOX_SLEEP = ["sleep", "100000"]
 
@@ -115,8 +115,9 @@ class Shimd:
 
     # --- the daemon ----------------------------------------------------------------------------------------
     def start_daemon(self) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "manager", "--root", self.root, "--state", self.state], cwd=REPO,
-                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        cmd, env = manager_cmd(self.root, self.state)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=self.log)
 
     def kill_daemon(self) -> None:
         assert self.proc is not None

@@ -17,6 +17,17 @@ PY = os.path.join(REPO, ".venv", "bin", "python")
 MiB = 2**20
 
 
+def manager_cmd(root: str, state: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a shimd manager whose containers have no network, as `ctr run` and a bare
+    runc bundle make them: the figures compare the same work (bridge networking through the CNI plugins is a
+    create's largest cost), and the benchmark never touches the host's network."""
+    config = os.path.join(os.path.dirname(root), f"{os.path.basename(root)}-config.toml")
+    with open(config, "w") as f:
+        f.write('[container]\nnetwork = "none"\n')
+    env = {k: v for k, v in os.environ.items() if k != "SHIMD_DEFAULT_NETWORK"}
+    return [PY, "-m", "manager", "--config", config, "--root", root, "--state", state], env
+
+
 def run(cmd: list[str], check: bool = True, timeout: float = 60, capture: bool = False) -> subprocess.CompletedProcess:
     """Run cmd with no stdin. runc without a terminal hands its stdio to the container: a pipe there would never
     close, so runc (and any command not captured) gets /dev/null; stderr is kept for the error message."""
