@@ -8,7 +8,7 @@ import os
 import signal
 
 # the image store's points (and commit's pause): tests/test_images_crash.py kills the manager at each, and the chaos
-# rounds reach each in a fault round of its own (an import, a removal of an image it imported, a commit of a running
+# rounds reach each in a fault round of its own (an import, a removal of an image it committed, a commit of a running
 # container)
 IMAGE_POINTS = (
     "image:fetched",        # a pull's or import's layout is under ingest/, nothing of it in the store
