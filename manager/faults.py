@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 
-# the image store's points (and commit's pause): tests/test_images_crash.py kills the manager at each (the chaos
-# rounds do no image operations yet, so these are kept out of POINTS, which the chaos suite must reach every one of)
+# the image store's points (and commit's pause): tests/test_images_crash.py kills the manager at each, and the chaos
+# rounds reach each in a fault round of its own (an import, a removal of an image it committed, a commit of a running
+# container)
 IMAGE_POINTS = (
     "image:fetched",        # a pull's or import's layout is under ingest/, nothing of it in the store
     "image:unpacked",       # its blobs and layers are in the store, the index does not list them yet
@@ -16,6 +17,7 @@ IMAGE_POINTS = (
     "commit:paused",        # a commit paused its container (its intent written), the layer not yet read
     "image:committed",      # a commit's layer, config and manifest are in the store, the index does not list them
 )
+# every point, each of which the chaos suite must reach
 POINTS = (
     "create:intent",        # create intent and metadata written, no shim yet
     "create:launched",      # shim running, no container
@@ -30,6 +32,7 @@ POINTS = (
     "delete:files-removed",  # everything but the metadata removed
     "restore:scanned",      # metadata read, nothing reconnected or repaired yet
     "restore:half",         # half of the containers restored
+    *IMAGE_POINTS,
 )
 
 _armed = frozenset(p for p in os.environ.get("SHIMD_FAULTS", "").split(",") if p)

@@ -83,7 +83,7 @@ async def _restore(r: Registry, e: Entry, counts: dict) -> None:
         return
     r.connect(e, pid)
     e.move("attach")
-    if intent == "commit":
+    if intent == "commit" and not planted("restore-leaves-commit-paused"):
         counts["thawed"] += await _thaw(r, e, key)
     try:
         # both at once: one wake-up of the shim, one round trip
@@ -111,22 +111,18 @@ async def _thaw(r: Registry, e: Entry, attempt: str) -> bool:
     it, done now if it never came) and the resume too if the commit got that far, so nothing is done twice. A
     pause that fails now found the container not running: paused by someone else (or stopped), it is left so.
     The intent stays when the shim does not answer: the next start tries again."""
-    try:
-        await r.call(e, "pause", timeout=30.0, key=step(attempt, "pause"))
-    except (Unavailable, DeadlineExceeded) as err:
-        log.warning("[%s] restore: the pause of a commit under way: %s", e.id, err.message)
-        return False
-    except ShimdError as err:
-        log.info("[%s] restore: a commit under way had not paused it (%s); left as it is", e.id, err.message)
-        r.store.clear_intent(e.id)
-        return False
-    try:
-        await r.call(e, "resume", timeout=30.0, key=step(attempt, "resume"))
-    except (Unavailable, DeadlineExceeded) as err:
-        log.warning("[%s] restore: resuming it after a commit under way: %s", e.id, err.message)
-        return False
-    except ShimdError as err:
-        log.warning("[%s] restore: resuming it after a commit under way: %s", e.id, err.message)
+    for name in ("pause", "resume"):
+        try:
+            await r.call(e, name, timeout=30.0, key=step(attempt, name))
+        except (Unavailable, DeadlineExceeded) as err:
+            log.warning("[%s] restore: the %s of a commit under way: %s (kept for the next start)", e.id, name,
+                        err.message)
+            return False
+        except ShimdError as err:
+            log.warning("[%s] restore: the %s of a commit under way: %s", e.id, name, err.message)
+            if name == "pause":  # it had not paused it: left as it is
+                r.store.clear_intent(e.id)
+                return False
     r.store.clear_intent(e.id)
     log.info("[%s] resumed: a commit had paused it when its manager died", e.id)
     return True

@@ -23,6 +23,8 @@ NAMES = {
     "leave-runtime-state": "the shim skips `runc delete`: a removed container's runtime state and cgroups stay",
     "restore-takes-shim-pid": "a restarted manager lists a running container with its shim's pid",
     "leak-shim-fd": "the shim opens (and never closes) a file on every state call",
+    "restore-leaves-commit-paused": "a restarted manager ignores a commit's intent: the container it paused stays so",
+    "image-gc-keeps-layers": "the image store's collection never removes a layer directory",
     # leak kinds (tests/leaks.py): leave-runtime-state above; a stray shim or shim template, a zombie under a shim
     # or a zombie shim, a mount in any namespace, a cgroup and an orphaned container process are planted directly
     # by tests/test_harness.py (this design cannot make them without something else failing first)

@@ -18,11 +18,14 @@ function each in tests/chaos/invariants.py; every finding starts with its invari
   dropped bytes);
 - attach-lines: an attach prints the counter's lines, consecutive, at least one, nothing on stderr, and exits with
   the container's code when it ends on its own;
-- fault-point: an armed fault point is reached (the manager dies there).
+- fault-point: an armed fault point is reached (the manager dies there);
+- image-store, image-ops (with an archive: imports, image removals and commits among the operations): no half
+  image is listed, nothing unreferenced is kept once the start-up collection ran, and each image call sent again
+  to the next manager ends as it should (tests/chaos/image_invariants.py).
 
 Every one of them has a planted-bug test (tests/chaos/test_planted.py: SHIMD_PLANT=<bug> makes the system
 misbehave in one way, and the test shows the check then fails naming the invariant), except fault-point (its test
-is the CI round itself, which fails when a point is not reached).
+is the CI round itself, which fails when a point is not reached) and image-ops (none yet).
 
 A finding is recorded when a view first shows it; only views that trail reality are taken again (see invariants.py).
 Each manager SIGKILL is counted as one that landed with operations in flight, one at a fault point, or one of an
@@ -42,7 +45,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.chaos import invariants
+from tests.chaos import image_invariants, invariants
+from tests.chaos.imageops import ImageOps, Img
 from tests.chaos.ops import Box, Ops, Stats
 from tests.harness import PY, REPO, Env
 
@@ -53,11 +57,14 @@ SETTLE = 10.0  # seconds an eventually consistent view is given to settle
 SETTLE_POLL = 0.25
 EVIDENCE = "/tmp/shimd-chaos-evidence"  # <seed>-<n>/: a finding and the logs it names, kept past the test
 KILL_AFTER = 1.2  # seconds: the kill lands up to this long after the operations began
+# the operation that reaches each image point (a point not here is reached by the operation it is named after)
+IMAGE_ACTS = {"image:fetched": "import", "image:unpacked": "import", "image:untagged": "rmi",
+              "image:committed": "commit"}
 
 
-class Chaos(Ops):
+class Chaos(Ops, ImageOps):
     def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False, plant: str = "",
-                 settle: float = SETTLE) -> None:
+                 settle: float = SETTLE, archive: str = "") -> None:
         self.disk_full = disk_full
         self.plant = plant  # SHIMD_PLANT for the managers started here (and so for their shims)
         self.settle = settle
@@ -83,6 +90,10 @@ class Chaos(Ops):
         self.exited: set[str] = set()  # containers whose exit was checked
         self.protected: set[str] = set()  # containers the random operations leave alone
         self.active = 0  # operations under way (started and not finished)
+        self.archive = archive  # the archive image operations import ("": none of them)
+        self.images: dict[str, Img] = {}
+        self.image_ops_active = 0
+        self.last_images: image_invariants.ImageView | None = None
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -113,9 +124,10 @@ class Chaos(Ops):
         """SIGKILL the manager, counted by what was under way when it landed."""
         if self.env.proc is not None:
             with self.lock:
-                in_flight = self.active > 0
+                in_flight, in_image_op = self.active > 0, self.image_ops_active > 0
             self.env.kill_manager(signal.SIGKILL)
             self.stats.manager_kills += 1
+            self.stats.kills_in_image_ops += in_image_op
             if in_flight:
                 self.stats.kills_in_flight += 1
             else:
@@ -170,7 +182,7 @@ class Chaos(Ops):
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
-                   self.op_attach, self.op_kill_template]
+                   self.op_attach, self.op_kill_template, *self.image_choices()]
         with self.lock:
             live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
@@ -206,19 +218,28 @@ class Chaos(Ops):
                 self.kill_manager()
             reached = self.start(fault=point, expect_death=True)
         else:
-            target = None
-            if op != "create":  # a fresh long-running container, so that every point of op is on its path
+            act_on = IMAGE_ACTS.get(point, op)
+            target: Box | Img | None = None
+            if act_on not in ("create", "import"):
+                # a fresh long-running container, so that every point of op is on its path; an image of its own
+                # (a commit of it) to remove
                 self.start()
                 target = self.op_run("counter")
+                if act_on == "rmi" and target.created == "yes":
+                    target = self.op_commit(target, strict=True)
                 self.kill_manager()
             self.start(fault=point)
             before = self.env.proc
             assert before is not None
-            if target is None:
+            if act_on == "import":
+                worker = threading.Thread(target=self.op_import, args=(True,))
+            elif target is None:
                 worker = threading.Thread(target=self.op_run, args=("missing" if point == "create:failed" else "",))
-            else:  # a target whose create failed: the point is not reached, and that is recorded
-                act = {"delete": self.op_rm, "exec": self.op_exec, "stop": self.op_stop}[op]
-                worker = threading.Thread(target=act if target.created == "yes" else lambda _: None, args=(target,))
+            else:  # a target whose create (or commit) failed: the point is not reached, and that is recorded
+                act = {"delete": self.op_rm, "exec": self.op_exec, "stop": self.op_stop, "rmi": self.op_rmi,
+                       "commit": lambda box: self.op_commit(box, strict=True)}[act_on]
+                ok = target.created == "yes" if isinstance(target, Box) else target.made == "yes"
+                worker = threading.Thread(target=act if ok else lambda _: None, args=(target,))
             worker.start()
             try:
                 rc = before.wait(30)
@@ -255,6 +276,7 @@ class Chaos(Ops):
                 view = invariants.take_view(self, c)
                 for check in invariants.INVARIANTS:
                     check(self, view)
+                image_invariants.check(self, c, view.unsettled)
                 new = [u for u in view.unsettled if u not in self.recorded]  # (one recorded before: no lag)
                 if not new or time.monotonic() > deadline:
                     break
@@ -264,6 +286,7 @@ class Chaos(Ops):
             invariants.count_checks(self, view)
             invariants.logs_hold_every_line_once_in_order(self, c, view)
             invariants.learn(self, view)
+            image_invariants.learn(self)
         finally:
             c.close()
 

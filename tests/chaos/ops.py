@@ -63,6 +63,10 @@ class Stats:
     attach_lines_checked: int = 0
     log_lines_checked: int = 0
     log_bytes_dropped: int = 0
+    image_imports: int = 0
+    image_commits: int = 0
+    image_removals: int = 0
+    kills_in_image_ops: int = 0  # manager SIGKILLs that landed while an image operation was under way
     violations: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)  # invariant -> how many things it checked
     seconds: float = 0.0

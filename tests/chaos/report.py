@@ -47,6 +47,8 @@ def render(r: Results) -> str:
             ("containers whose exit was checked", s.exits_checked), ("exec exits checked", s.execs_checked),
             ("attaches (lines checked)", f"{s.attaches} ({s.attach_lines_checked})"),
             ("log lines checked", s.log_lines_checked), ("log bytes dropped (disk full)", s.log_bytes_dropped),
+            ("image imports / commits / removals", f"{s.image_imports} / {s.image_commits} / {s.image_removals}"),
+            ("manager SIGKILLs that landed during an image operation", s.kills_in_image_ops),
             ("invariants violated", len(s.violations)),
         ]
         out.append("| what | value |\n|---|---|")

@@ -1,9 +1,8 @@
-"""The chaos suite: kill the manager and the shims under load, and prove that nothing is lost.
-
-CI runs one bounded run (a few minutes at most: at least 50 manager kills that land with operations in flight,
-every fault point reached). `make chaos` runs the long soak (CHAOS_KILLS=500 manager kills in all) and writes
-docs/chaos-report.md (tests/chaos/report.py, with the planted-bug results of tests/chaos/test_planted.py). Replay a
-run with CHAOS_SEED=<seed printed>."""
+"""The chaos suite: kill the manager and the shims under load, and prove that nothing is lost. CI runs one bounded run
+(a few minutes at most: at least 50 manager kills that land with operations in flight, some of them during image
+operations, every fault point reached). `make chaos` runs the long soak (CHAOS_KILLS=500 manager kills in all) and
+writes docs/chaos-report.md (tests/chaos/report.py, with the planted-bug results of tests/chaos/test_planted.py).
+Replay a run with CHAOS_SEED=<seed printed>."""
 
 from __future__ import annotations
 
@@ -27,10 +26,10 @@ DISK_FULL_KILLS = 10
 
 
 @pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT", "900")))
-def test_chaos(bare_env, shared_root):
+def test_chaos(bare_env, shared_root, chaos_archive):
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 32))
     print(f"\nchaos seed {seed} (replay: CHAOS_SEED={seed})")
-    chaos = Chaos(bare_env, seed)
+    chaos = Chaos(bare_env, seed, archive=chaos_archive)
     t0 = time.monotonic()
     chaos.start()
     points = list(POINTS)
@@ -52,6 +51,7 @@ def test_chaos(bare_env, shared_root):
     assert s.kills_in_flight + s.kills_at_fault_points + s.kills_idle == s.manager_kills
     assert set(s.fault_points) == set(POINTS), f"fault points never reached: {set(POINTS) - set(s.fault_points)}"
     assert s.template_kills > 0, "the warm template was never killed"
+    assert s.kills_in_image_ops > 0, "no manager kill landed during an image operation"
 
 
 @pytest.mark.timeout(600)

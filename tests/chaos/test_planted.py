@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from shimproto.client import Client
-from tests.chaos import invariants, report
+from tests.chaos import image_invariants, invariants, report
 from tests.chaos.harness import Chaos
 from tests.chaos.ops import Box, alive
 from tests.harness import Env, wait_for
@@ -105,6 +105,28 @@ def restart(ch: Chaos) -> None:
     ch.check()
 
 
+def commit_killed(ch: Chaos) -> None:
+    """A commit whose manager dies between its pause and its resume; the call, sent again, then succeeds."""
+    box = _counter(ch)
+    ch.kill_manager()
+    ch.start(fault="commit:paused")
+    t = threading.Thread(target=ch.op_commit, args=(box,))
+    t.start()
+    assert ch.env.proc is not None and ch.env.proc.wait(30) == -signal.SIGKILL, "commit:paused not reached"
+    ch.env.proc = None
+    ch.start()
+    t.join(60)
+    ch.check()
+
+
+def image_removed(ch: Chaos) -> None:
+    img = ch.op_import(strict=True)
+    ch.check()
+    ch.op_rmi(img)
+    assert img.removed == "yes"
+    ch.check()
+
+
 def fds(ch: Chaos) -> None:
     box = _counter(ch)
     ch.check()  # the shim's fds when first seen
@@ -134,15 +156,21 @@ CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("leave-runtime-state", invariants.ALL_OR_NOTHING, "cgroup is left", remove),
     ("restore-takes-shim-pid", invariants.KEEPS_RUNNING, "pid changed", restart),
     ("leak-shim-fd", invariants.NO_LEFTOVERS, "fds", fds),
+    ("restore-leaves-commit-paused", invariants.LISTED_STATUS, "listed as 'paused'", commit_killed),
+    ("image-gc-keeps-layers", image_invariants.IMAGE_STORE, "no listed image or container refers to it",
+     image_removed),
 ]
+IMAGE_BUGS = {"image-gc-keeps-layers"}  # their scenarios import an archive (made once per session)
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(("bug", "invariant", "says", "scenario"), CASES,
                          ids=[f"{b}-{i}" if [c[0] for c in CASES].count(b) > 1 else b for b, i, _, _ in CASES])
 def test_a_planted_bug_fails_the_invariant_that_should_catch_it(bare_env: Env, bug: str, invariant: str,
-                                                                says: str, scenario: Callable[[Chaos], None]):
-    ch = Chaos(bare_env, seed=1, plant=bug, settle=SETTLE)
+                                                                says: str, scenario: Callable[[Chaos], None],
+                                                                request: pytest.FixtureRequest):
+    archive = request.getfixturevalue("chaos_archive") if bug in IMAGE_BUGS else ""
+    ch = Chaos(bare_env, seed=1, plant=bug, settle=SETTLE, archive=archive)
     ch.start()
     try:
         scenario(ch)
