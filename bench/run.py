@@ -153,7 +153,7 @@ def _leftover_procs(base: str, prefix: str) -> list[psutil.Process]:
 
 
 def _leftover_cgroups(prefix: str) -> list[str]:
-    pats = [f"/sys/fs/cgroup/{pat}" for pat in (f"*/{prefix}-*", f"*/shimd/{prefix}-*", f"*/{prefix}", f"*/{prefix}/*",
+    pats = [f"/sys/fs/cgroup/{pat}" for pat in (f"*/{prefix}-*", f"*/shimd*/{prefix}-*", f"*/{prefix}", f"*/{prefix}/*",
                                                   f"*/*/{prefix}-*", f"{prefix}-*", f"shimd/{prefix}-*", prefix,
                                                   f"{prefix}/*")]
     return sorted({d for pat in pats for d in glob.glob(pat) if os.path.isdir(d)}, key=len, reverse=True)

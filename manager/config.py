@@ -5,6 +5,8 @@
     runtime = "runc"               # OCI runtime binary: runc or crun (a path works too)
     socket_group = ""              # a group whose members may use the API socket (default: root only)
     memory_merge = true            # shims' memory offered to the kernel's samepage merging; starts ksmd if stopped
+    cgroup_parent = ""             # containers' cgroups under it; "": /shimd for the default root, else
+                                   # /shimd-<hash of the root>, so two managers never share a cgroup
 
     [container]                    # defaults for new containers
     log_max_size = "100m"          # rotate the log past this size (0: never)
@@ -18,7 +20,9 @@ SHIMD_DEFAULT_NETWORK in the environment overrides [container] network (the test
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -35,13 +39,18 @@ class ConfigError(Exception):
     pass
 
 
+DEFAULT_ROOT = "/var/lib/shimd"
+CGROUP_PARENT_RE = re.compile(r"/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?")
+
+
 @dataclass
 class Config:
-    root: str = "/var/lib/shimd"
+    root: str = DEFAULT_ROOT
     state: str = "/run/shimd"
     runtime: str = "runc"
     socket_group: str = ""
     memory_merge: bool = True
+    cgroup_parent: str = ""  # "": derived from the root (_cgroup_parent)
     defaults: Defaults = field(default_factory=Defaults)
 
     @property
@@ -94,11 +103,11 @@ def load(path: str | None, flags: dict) -> Config:
             raise ConfigError(f"config file {file}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {file}: {e}") from None
-    known = {"root", "state", "runtime", "socket_group", "memory_merge", "container"}
+    known = {"root", "state", "runtime", "socket_group", "memory_merge", "cgroup_parent", "container"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {file}: unknown keys {sorted(unknown)}")
-    for key in ("root", "state", "runtime", "socket_group"):
+    for key in ("root", "state", "runtime", "socket_group", "cgroup_parent"):
         if key in data:
             if not isinstance(data[key], str):
                 raise ConfigError(f"config file {file}: {key} must be a string")
@@ -128,4 +137,16 @@ def load(path: str | None, flags: dict) -> Config:
         if value is not None:
             setattr(cfg, key, value)
     cfg.root, cfg.state = os.path.abspath(cfg.root), os.path.abspath(cfg.state)
+    cfg.defaults.cgroup_parent = _cgroup_parent(cfg.cgroup_parent, cfg.root, file)
     return cfg
+
+
+def _cgroup_parent(v: str, root: str, file: str) -> str:
+    """The cgroup every container of this manager goes under: the configured one, else /shimd for the default
+    root and /shimd-<8 hex of the root's path> for any other, so two managers never share a container's cgroup."""
+    if not v:
+        return "/shimd" if root == DEFAULT_ROOT else f"/shimd-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+    if not CGROUP_PARENT_RE.fullmatch(v) or ".." in v.split("/"):
+        raise ConfigError(f"config file {file}: cgroup_parent {v!r} must be an absolute path of letters, digits, "
+                          f"'_', '.', '-' (e.g. /shimd-web)")
+    return v.rstrip("/")

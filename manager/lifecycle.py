@@ -94,7 +94,8 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     r.reserved.add(id)
     try:
         lower, digest = _resolve(r, spec, id)
-        meta = Meta(spec=spec, lower=lower, created_at=time.time_ns(), request_key=key, image_digest=digest)
+        meta = Meta(spec=spec, lower=lower, created_at=time.time_ns(), request_key=key, image_digest=digest,
+                    cgroup=f"{r.defaults.cgroup_parent}/{id}")
         network, mounts = attach.network_plan(r, spec), attach.mount_plans(r, spec)
         e = Entry(meta, state=STATES[CREATING], status=r.events.status(id))
         r.store.set_intent(id, "create", key)
@@ -105,7 +106,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             faults.point("create:launched")
             upper, work = r.store.fs(id)
             req = ShimCreate(spec=spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(id),
-                             cgroups_path=f"/shimd/{id}", files_dir=r.store.dir(id), network=network,
+                             cgroups_path=meta.cgroup, files_dir=r.store.dir(id), network=network,
                              mounts=mounts)
             await r.call(e, "create", req.to_wire(), timeout=30.0, key=step(key, "create"))
             faults.point("create:created")

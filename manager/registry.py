@@ -103,6 +103,7 @@ class Defaults:
     log_max_files: int = 5
     stop_timeout: float = 10.0
     network: str = "bridge"  # for a container that names none (docker's default)
+    cgroup_parent: str = "/shimd"  # this manager's containers' cgroups go under it (config.py derives it)
 
 
 @dataclass
@@ -306,6 +307,7 @@ class Registry:
             "id": e.id,
             "image": spec.image,
             "image_digest": e.meta.image_digest,
+            "cgroup": e.meta.cgroup or f"/shimd/{e.id}",
             "labels": spec.labels,
             "rootfs": e.meta.lower,
             "args": spec.args,

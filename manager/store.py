@@ -34,6 +34,7 @@ class Meta:
     created_at: int = 0
     request_key: str = ""  # the client's key of the create call, so a repeat of it is recognised
     image_digest: str = ""  # the manifest digest of the stored image it runs ("" : built-in or --rootfs)
+    cgroup: str = ""  # its cgroup path under each hierarchy ("" : /shimd/ID, before managers had their own)
     damaged: str = ""  # why its meta.json could not be read (never written: the file is left as it was found)
 
     @property
@@ -42,7 +43,7 @@ class Meta:
 
     def to_json(self) -> dict:
         return {"spec": self.spec.to_wire(), "lower": self.lower, "created_at": self.created_at,
-                "request_key": self.request_key, "image_digest": self.image_digest}
+                "request_key": self.request_key, "image_digest": self.image_digest, "cgroup": self.cgroup}
 
     @classmethod
     def from_json(cls, raw: object) -> Meta:
@@ -56,7 +57,8 @@ class Meta:
             raw = {**raw, "spec": flat}
         spec = ContainerSpec.from_wire(raw["spec"], "meta.json")
         return cls(spec=spec, lower=str(raw["lower"]), created_at=int(raw.get("created_at", 0)),
-                   request_key=str(raw.get("request_key", "")), image_digest=str(raw.get("image_digest", "")))
+                   request_key=str(raw.get("request_key", "")), image_digest=str(raw.get("image_digest", "")),
+                   cgroup=str(raw.get("cgroup", "")))
 
     @classmethod
     def placeholder(cls, id: str, damaged: str = "") -> Meta:

@@ -48,6 +48,9 @@ class Server:
         self._sending: set[asyncio.Task] = set()  # tasks whose reply is not yet handed to zmq
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # a ROUTER drops replies to a peer past its send high-water mark (1000 by default) without a word: the
+        # long-poll caps bound what can be in flight, so no reply is ever dropped
+        self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         endpoint = ipc_endpoint(path)
         try:
@@ -174,6 +177,7 @@ class AsyncClient:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.sock.setsockopt(zmq.RCVHWM, 0)  # replies to many calls at once (the server caps them) all arrive
         self.sock.connect(ipc_endpoint(path))
         self._reader: asyncio.Task | None = None
 

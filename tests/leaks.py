@@ -123,7 +123,12 @@ def template_of(p: Proc) -> int:
 
 
 def cgroup_ids(p: Proc) -> set[str]:
-    return {m.group(1) for path in p.cgroups for m in [re.search(r"/shimd/([^/]+)", path)] if m}
+    return {m.group(1) for path in p.cgroups for m in [re.search(r"/shimd(?:-[0-9a-f]{8})?/([^/]+)", path)] if m}
+
+
+def parents() -> list[str]:
+    """Every manager's cgroup parent dir in every hierarchy: shimd (the default root) and shimd-<hash of a root>."""
+    return [os.path.join(h, n) for h in hierarchies() for n in _listdir(h) if re.fullmatch(r"shimd(-[0-9a-f]{8})?", n)]
 
 
 def ancestors(table: dict[int, Proc], pid: int) -> list[int]:
@@ -178,8 +183,8 @@ def container_ids(base: str, tag: str = "") -> set[str]:
         ids.update(_listdir(os.path.join(state, d)))
     ids.update(ev["id"] for ev in journal.load(os.path.join(state, "events.journal")) if isinstance(ev.get("id"), str))
     if tag:
-        for h in hierarchies():
-            ids.update(n for n in _listdir(os.path.join(h, "shimd")) if n.startswith(tag + "-"))
+        for d in parents():
+            ids.update(n for n in _listdir(d) if n.startswith(tag + "-"))
     return ids
 
 
@@ -342,8 +347,8 @@ def _mounts(s: Scan) -> list[str]:
 
 
 def _cgroups(s: Scan) -> list[str]:
-    return [f"cgroup left: {h}/shimd/{id}" for h in hierarchies() for id in sorted(s.ids - set(s.listing.containers))
-            if os.path.isdir(os.path.join(h, "shimd", id))]
+    return [f"cgroup left: {d}/{id}" for d in parents() for id in sorted(s.ids - set(s.listing.containers))
+            if os.path.isdir(os.path.join(d, id))]
 
 
 def _files(s: Scan) -> list[str]:
@@ -402,9 +407,9 @@ def purge(base: str, ids: set[str], managers: frozenset[int] | set[int] = frozen
     runc_root = os.path.join(base, "state", "runc")
     for id in _listdir(runc_root):
         subprocess.run(["runc", "--root", runc_root, "delete", "--force", id], capture_output=True, timeout=30)
-    for h in hierarchies():
+    for parent in parents():
         for id in ids:
-            d = os.path.join(h, "shimd", id)
+            d = os.path.join(parent, id)
             for sub, _, _ in sorted(os.walk(d), key=lambda t: len(t[0]), reverse=True):
                 try:
                     os.rmdir(sub)

@@ -149,7 +149,8 @@ def test_pause_and_unpause(env):
     assert len(env.ok("logs", id).out) == n
     assert "cannot exec in a paused container" in env.ctl("exec", id, "true").err
     assert "cannot pause a paused container" in env.ctl("pause", id).err
-    assert "frozen" in open(f"/sys/fs/cgroup/freezer/shimd/{id}/freezer.state").read().lower()
+    cg = env.inspect(id)["cgroup"]  # this manager's cgroup parent (issue 14: never shared with another manager)
+    assert "frozen" in open(f"/sys/fs/cgroup/freezer{cg}/freezer.state").read().lower()
     env.ok("unpause", id)
     assert env.inspect(id)["status"] == "running"
     wait_for(lambda: len(env.ok("logs", id).out) > n, 10, "output after unpause")
@@ -162,8 +163,9 @@ def test_pause_and_unpause(env):
 
 def test_update_stats_and_top(env):
     id = run_sleeper(env, "u", "--memory", "64m", "--pids-limit", "20")
-    mem = f"/sys/fs/cgroup/memory/shimd/{id}/memory.limit_in_bytes"
-    pids = f"/sys/fs/cgroup/pids/shimd/{id}/pids.max"
+    cg = env.inspect(id)["cgroup"]
+    mem = f"/sys/fs/cgroup/memory{cg}/memory.limit_in_bytes"
+    pids = f"/sys/fs/cgroup/pids{cg}/pids.max"
     assert (open(mem).read().strip(), open(pids).read().strip()) == (str(64 << 20), "20")
     env.ok("update", "--memory", "128m", "--pids-limit", "30", id)
     assert (open(mem).read().strip(), open(pids).read().strip()) == (str(128 << 20), "30")

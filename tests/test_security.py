@@ -92,3 +92,21 @@ def test_crafted_ids_over_the_raw_api_write_nothing_outside(env):
     finally:
         ctx.destroy(0)
     assert sorted(os.listdir(os.path.join(env.root, "containers"))) == []
+
+
+def test_two_managers_never_touch_each_others_containers(env, bare_env):
+    b = bare_env
+    b.start_manager()
+    id = env.name("web")  # the same name in both managers
+    env.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
+    b.ok("run", "-d", "--name", id, "busybox", "sleep", "1000")
+    mine, theirs = env.inspect(id), b.inspect(id)
+    assert mine["cgroup"] != theirs["cgroup"] and mine["cgroup"].endswith(f"/{id}")
+    b.ok("update", "--memory", "8m", id)
+    limit = f"/sys/fs/cgroup/memory{mine['cgroup']}/memory.limit_in_bytes"
+    if os.path.exists(limit):  # cgroup v1 here
+        assert int(open(limit).read()) != 8 << 20
+    b.ok("rm", "-f", id)
+    after = env.inspect(id)
+    assert after["status"] == "running" and after["pid"] == mine["pid"] and psutil.pid_exists(mine["pid"])
+    env.ok("rm", "-f", id)

@@ -17,6 +17,7 @@ a whole test at its end, not a container at a moment).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -61,6 +62,13 @@ class View:
     unsettled: list[str] = field(default_factory=list)
 
 
+def _names(d: str) -> list[str]:
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
+
+
 def cgroup_roots() -> list[str]:
     """Where a container's cgroups are made: the v2 root on a v2-only host, else every mounted v1 hierarchy (and
     the v2 one of a hybrid host, /sys/fs/cgroup/unified)."""
@@ -74,11 +82,12 @@ def cgroup_roots() -> list[str]:
 
 
 def cgroups_of(prefix: str) -> tuple[dict[str, list[str]], dict[str, set[int]]]:
-    """The cgroup dirs (<root>/shimd/<id>) of every container whose id starts with prefix, and their processes."""
+    """The cgroup dirs (<root>/<parent>/<id>: shimd or shimd-<hash>) of every container whose id starts with
+    prefix, and their processes."""
     dirs: dict[str, list[str]] = {}
     procs: dict[str, set[int]] = {}
-    for root in cgroup_roots():
-        parent = os.path.join(root, "shimd")
+    for parent in (os.path.join(r, n) for r in cgroup_roots() for n in _names(r)
+                   if re.fullmatch(r"shimd(-[0-9a-f]{8})?", n)):
         try:
             names = os.listdir(parent)
         except OSError:
