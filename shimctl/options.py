@@ -106,6 +106,53 @@ def env_list(items: list[str]) -> list[str]:
     return out
 
 
+def parse_swap(text: str) -> int:
+    """--memory-swap: a size, or -1 for unlimited swap."""
+    return -1 if text.strip() == "-1" else parse_size(text)
+
+
+def parse_cpus(text: str) -> int:
+    """--cpus 1.5 -> nanoCPUs (docker's NanoCPUs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --cpus {text!r}: use a number like 0.5 or 2") from None
+    if not value > 0 or value > 2**32:
+        raise argparse.ArgumentTypeError(f"invalid --cpus {text!r}: must be positive")
+    return round(value * 1e9)
+
+
+def env_file(path: str) -> list[str]:
+    """docker's --env-file: NAME=VALUE lines (the value as written, no quotes taken off), NAME alone takes our own
+    value (skipped when unset), blank lines and lines starting with # skipped."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise Usage(f"--env-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    out = []
+    for n, raw in enumerate(lines, 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.partition("=")[0]
+        if not name or any(c.isspace() for c in name):
+            raise Usage(f"--env-file {path}, line {n}: invalid variable name {name!r}")
+        out.append(line)
+    return env_list(out)
+
+
+def key_values(items: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE flags (--sysctl) -> a map; a missing = is refused."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Usage(f"invalid {flag} {item!r}: use KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def log_opts(opts: list[str]) -> dict:
     """--log-opt max-size=SIZE / max-file=N -> the spec's log_max_size / log_max_files."""
     out: dict = {}

@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 
-from runtime.bundle import DEFAULT_ENV, Spec, write_bundle
+from runtime.bundle import write_bundle
 from runtime.cni import Cni
 from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
@@ -28,6 +28,7 @@ from shimproto.fsutil import read_json
 from shimproto.model import CREATED, DELETED, STOPPED, ExitStatus, check_id
 from shimproto.spec import ShimCreate
 
+from . import ocispec
 from . import sys as _sys
 from .cgroup import OomWatch
 from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
@@ -98,15 +99,9 @@ class Container:
             hostname = spec.hostname or self.id
             await self.net.attach(req.network, req.files_dir)
             hosts = hosts_text(hostname, self.net.ip, host_lines(spec, req.network.peers))
-            write_bundle(self.bundle, Spec(
-                args=spec.args, env=spec.env or list(DEFAULT_ENV), cwd=spec.cwd or "/", hostname=hostname,
-                cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
-                memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
-                binds=write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) +
-                oci_mounts(self.rootfs, req.mounts),
-                netns=self.net.netns(), readonly_rootfs=spec.read_only,
-                user=resolve_user(self.rootfs, spec.user) if spec.user else None,
-            ))
+            binds = write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) + \
+                oci_mounts(self.rootfs, req.mounts)
+            write_bundle(self.bundle, ocispec.build(self.id, req, self.rootfs, binds, self.net.netns()))
             self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
             self.init = await self._create_init(req)
         except BaseException:
