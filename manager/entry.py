@@ -115,6 +115,7 @@ class Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pump: asyncio.Task | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once a lost shim's exit is known
+    shim_gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the connected shim's pidfd fires
     protocol: int = PROTOCOL  # what its shim speaks (an older shim outlives a manager upgrade)
 
     @property

@@ -118,7 +118,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             if planted("failed-create-leaves-container"):  # kept and listed, as if it had worked
                 r.add(e), e.move("created")  # type: ignore[func-returns-value]
                 raise
-            pid = e.shim_pid if e.client is not None else 0
+            pid = e.shim_pid if e.client is not None and shim_alive(e.shim_pid, id) else 0  # dead: no shutdown
             r.disconnect(e)
             await rollback_create(r, e, pid)
             raise
