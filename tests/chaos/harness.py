@@ -45,8 +45,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.chaos import image_invariants, invariants
+from tests.chaos import image_invariants, invariants, netops
 from tests.chaos.imageops import ImageOps, Img
+from tests.chaos.netops import NetOps
 from tests.chaos.ops import Box, Ops, Stats
 from tests.harness import PY, REPO, Env
 
@@ -62,9 +63,9 @@ IMAGE_ACTS = {"image:fetched": "import", "image:unpacked": "import", "image:unta
               "image:committed": "commit"}
 
 
-class Chaos(Ops, ImageOps):
+class Chaos(Ops, ImageOps, NetOps):
     def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False, plant: str = "",
-                 settle: float = SETTLE, archive: str = "") -> None:
+                 settle: float = SETTLE, archive: str = "", netns: str = "") -> None:
         self.disk_full = disk_full
         self.plant = plant  # SHIMD_PLANT for the managers started here (and so for their shims)
         self.settle = settle
@@ -94,6 +95,8 @@ class Chaos(Ops, ImageOps):
         self.images: dict[str, Img] = {}
         self.image_ops_active = 0
         self.last_images: image_invariants.ImageView | None = None
+        self.netns = netns  # the network namespace the managers run in ("": no web containers)
+        self.net_ops_active = 0
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -108,14 +111,14 @@ class Chaos(Ops, ImageOps):
         if expect_death:  # dies during restore: do not wait for it to serve
             log = os.path.join(self.env.base, "manager-fault.log")
             with open(log, "ab") as f:
-                p = subprocess.Popen([*(SLAVE if slave else []), PY, "-m", "manager", "--config", self.config,
-                                      "--root", self.env.root, "--state", self.env.state], cwd=REPO, stdout=f,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **env})
+                p = subprocess.Popen([*self.env.wrap, *(SLAVE if slave else []), PY, "-m", "manager", "--config",
+                                      self.config, "--root", self.env.root, "--state", self.env.state], cwd=REPO,
+                                     stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env})
             rc = p.wait(60)
             if rc != -signal.SIGKILL:
                 self.violation(f"fault-point: manager with fault {fault} exited {rc} instead of dying at the point")
             return rc == -signal.SIGKILL
-        self.env.start_manager("--config", self.config, wrap=SLAVE if slave else None, env=env)
+        self.env.start_manager("--config", self.config, wrap=[*self.env.wrap, *SLAVE] if slave else None, env=env)
         if slave:
             self.stats.slave_restarts += 1
         return True
@@ -125,9 +128,11 @@ class Chaos(Ops, ImageOps):
         if self.env.proc is not None:
             with self.lock:
                 in_flight, in_image_op = self.active > 0, self.image_ops_active > 0
+                in_net_op = self.net_ops_active > 0
             self.env.kill_manager(signal.SIGKILL)
             self.stats.manager_kills += 1
             self.stats.kills_in_image_ops += in_image_op
+            self.stats.kills_in_network_ops += in_net_op
             if in_flight:
                 self.stats.kills_in_flight += 1
             else:
@@ -182,7 +187,7 @@ class Chaos(Ops, ImageOps):
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
-                   self.op_attach, self.op_kill_template, *self.image_choices()]
+                   self.op_attach, self.op_kill_template, *self.image_choices(), *self.net_choices()]
         with self.lock:
             live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
@@ -277,6 +282,7 @@ class Chaos(Ops, ImageOps):
                 for check in invariants.INVARIANTS:
                     check(self, view)
                 image_invariants.check(self, c, view.unsettled)
+                netops.check(self, view)
                 new = [u for u in view.unsettled if u not in self.recorded]  # (one recorded before: no lag)
                 if not new or time.monotonic() > deadline:
                     break

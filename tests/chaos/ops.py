@@ -67,14 +67,17 @@ class Stats:
     image_commits: int = 0
     image_removals: int = 0
     kills_in_image_ops: int = 0  # manager SIGKILLs that landed while an image operation was under way
+    web_containers: int = 0  # on the bridge network, a published port (tests/chaos/netops.py)
+    kills_in_network_ops: int = 0  # manager SIGKILLs that landed while a web container was created or removed
+    known_masquerade_left: set[str] = field(default_factory=set)  # bridge's chains of the known gap
     violations: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)  # invariant -> how many things it checked
     seconds: float = 0.0
 
 
-def create_params(id: str, args: list[str]) -> dict:
-    """The manager's create request for a busybox container started at once."""
-    return {"spec": {"id": id, "image": "busybox", "args": args}, "start": True}
+def create_params(id: str, args: list[str], spec: dict | None = None) -> dict:
+    """The manager's create request for a busybox container started at once (spec: more of its fields)."""
+    return {"spec": {"id": id, "image": "busybox", "args": args, **(spec or {})}, "start": True}
 
 
 class Ops:
@@ -113,10 +116,10 @@ class Ops:
             self.stats.containers += 1
         return box
 
-    def _create(self, box: Box, args: list[str]) -> Box:
+    def _create(self, box: Box, args: list[str], spec: dict | None = None) -> Box:
         c = self.client()
         try:
-            info = c.call("create", create_params(box.id, args), timeout=60)
+            info = c.call("create", create_params(box.id, args, spec), timeout=60)
             box.created, box.pid = "yes", info["pid"]
         except (Unavailable, DeadlineExceeded):
             box.created, box.answer_lost = "maybe", True
@@ -143,7 +146,7 @@ class Ops:
         """A container that writes until the log's filesystem is full, then exits 0."""
         return self._create(self._new_box("filler", 0), ["sh", "-c", FILLER])
 
-    def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper")) -> Box | None:
+    def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper", "web")) -> Box | None:
         with self.lock:
             live = [b for b in self.boxes.values() if b.created == "yes" and b.removed == "no" and b.kind in kinds
                     and b.id not in self.protected]
@@ -178,6 +181,12 @@ class Ops:
             return
         box.allowed.add(137)
         box.removed = "maybe"
+        if box.kind == "web":
+            self._net_op(lambda: self._delete(box))  # type: ignore[attr-defined]
+        else:
+            self._delete(box)
+
+    def _delete(self, box: Box) -> None:
         try:
             c = self.client()
             try:
