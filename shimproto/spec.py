@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from . import plans
+from . import plans, policy
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -53,6 +53,8 @@ class ContainerSpec:
     read_only: bool = False
     add_hosts: list[str] = field(default_factory=list)  # HOST:IP lines for /etc/hosts
     dns: list[str] = field(default_factory=list)  # nameservers for /etc/resolv.conf instead of the host's
+    restart: str = ""  # docker's --restart text ("" : no); shimproto.policy
+    healthcheck: dict | None = None  # docker's health config map (None: the image's); shimproto.policy
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -74,7 +76,8 @@ class ContainerSpec:
             user=p.str("user", ""), stop_signal=p.str("stop_signal", ""), labels=p.map("labels", {}),
             network=p.str("network", ""), publish=p.strlist("publish"),
             volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
-            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"),
+            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"), restart=p.str("restart", ""),
+            healthcheck=policy.check_health(raw.get("healthcheck"), f"{what}: healthcheck"),
         )
         spec.check()
         return spec
@@ -97,6 +100,8 @@ class ContainerSpec:
             raise InvalidArgument("labels must map strings to strings")
         plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
         plans.check_names(self.add_hosts, self.dns)
+        policy.check_restart(self.restart, self.auto_remove)
+        policy.check_health(self.healthcheck)
 
 
 @dataclass

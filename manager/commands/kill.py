@@ -7,6 +7,7 @@ from __future__ import annotations
 from shimproto.model import parse_signal
 from shimproto.wire import Params
 
+from .. import restarts
 from ..registry import Registry
 from .params import request_key
 
@@ -16,5 +17,7 @@ NAME = "kill"
 async def handle(m: Registry, p: Params) -> None:
     e = m.get(p.str("id", required=True))
     sig = parse_signal(p.raw.get("signal", "KILL"))
+    if not p.str("exec_id", ""):
+        restarts.user_kill(m.store.dir(e.id), e.meta.spec, sig)
     await m.call(e, "kill", {"signal": sig, "all": p.bool("all"), "exec_id": p.str("exec_id", "")},
                  key=request_key(p))

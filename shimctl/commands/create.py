@@ -13,6 +13,7 @@ from shimproto.spec import ContainerSpec
 
 from .. import exitcodes, options
 from ..cli import Cli
+from . import _policyopts
 
 HELP = "create a container (start it with start)"
 ERRORS = exitcodes.CREATE
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver instead of the host's")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
+    _policyopts.add_arguments(p)
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
 
 
@@ -69,7 +71,8 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
                       memory_limit=a.memory, pids_limit=a.pids_limit, auto_remove=auto_remove,
                       entrypoint=entrypoint, user=a.user, stop_signal=a.stop_signal, labels=labels,
                       hostname=a.hostname, network=a.network, publish=a.publish, volumes=a.volume, tmpfs=a.tmpfs,
-                      read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, **options.log_opts(a.log_opt))
+                      read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, **_policyopts.fields(a),
+                      **options.log_opts(a.log_opt))
     s.check()  # a bad flag is refused here, before the manager is asked
     return s
 
