@@ -1,6 +1,8 @@
 """kill {id, signal?, all?, exec_id?} -> null: send a signal (default SIGKILL, as docker kill) to the init, or to every
 process of the container with all. Errors: not_found, invalid_argument (unknown signal), invalid_state (not
-running). A repeat (same key) is not sent twice."""
+running). A repeat (same key) is not sent twice. A kill of the container (not of an exec) ends its restart
+policy's care by docker's rule (shimproto.policy.stops_policy): its exit is not restarted, and during a back-off the
+kill only drops it; the manager records that in --root first (manager/restarts.py)."""
 
 from __future__ import annotations
 
