@@ -24,7 +24,7 @@ from shimproto.model import STOPPED, ExitStatus, rfc3339
 from shimproto.plant import planted
 from shimproto.rpc import AsyncClient
 
-from . import faults, launcher
+from . import faults, launcher, restarts
 from .entry import Entry
 from .events import EventLog
 from .networks import Networks, published, read_record
@@ -343,6 +343,7 @@ class Registry:
             "network": spec.network,
             "ip": net.get("ip", ""),
             "ports": [p.to_wire() for p in published(net)],
+            **restarts.view(spec, st),
         }
         if probe and probe.error is not None and not e.lost:
             out["error"] = probe.error.message

@@ -25,7 +25,7 @@ from runtime.runc import Runc
 from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from shimproto.fsutil import read_json
-from shimproto.model import CREATED, DELETED, STOPPED, ExitStatus, check_id
+from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, ExitStatus, check_id
 from shimproto.spec import ShimCreate
 
 from . import ocispec
@@ -33,6 +33,7 @@ from . import sys as _sys
 from .cgroup import OomWatch
 from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
 from .events import Journal
+from .health import Health
 from .io.log import LogWriter
 from .io.stdio import ProcessIO
 from .mounts import oci_mounts
@@ -40,6 +41,7 @@ from .net import ShimNetwork
 from .process.context import ExitHooks, ProcessContext
 from .process.process import ExecProcess, InitProcess, Process
 from .reaper import Reaper
+from .restart import Restarts
 from .users import resolve_user
 
 EXIT_FILE = "exit.json"
@@ -67,6 +69,9 @@ class Container:
         self._torn_down = False
         self._delete_lock = asyncio.Lock()
         self.net = ShimNetwork(id, state_dir, Cni(reaper, tmp_dir=state_dir), log)
+        self.restarts = Restarts(self.journal, log, lambda: self._new_run(True),
+                                 lambda: self._init().kill(signal.SIGKILL, True))
+        self.health = Health(self.ctx, state_dir)
 
     # --- lookups -------------------------------------------------------------------------------------------
 
@@ -112,6 +117,8 @@ class Container:
             raise
         self.req = req
         self.log_path = req.log_path
+        self.restarts.configure(spec)
+        self.health.configure(spec)
 
     async def _create_init(self, req: ShimCreate) -> InitProcess:
         """`runc create` of one run of the container on the bundle already written; the log is self._writer."""
@@ -137,6 +144,11 @@ class Container:
         return init
 
     async def restart(self, start: bool) -> None:
+        """The user runs a stopped container again (a back-off under way is dropped): see _new_run."""
+        self.restarts.user_start()
+        await self._new_run(start)
+
+    async def _new_run(self, start: bool) -> None:
         """A new run of a stopped container: `runc delete` of the old one, create (and start) again with the same
         bundle, writable layer, log (appended to) and stdio set-up. If the new run cannot be created, the
         container stays stopped with its last exit."""
@@ -157,7 +169,7 @@ class Container:
 
             await old.restart(next_run)  # refused unless stopped: "cannot restart a running container"
         if start:
-            await self.start()
+            await self._start_run()
 
     def _end_run(self) -> None:
         """What belongs to one run only: its exec processes and its OOM watch."""
@@ -189,10 +201,18 @@ class Container:
     # --- container operations ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._init().start()
+        self.restarts.user_start()
+        await self._start_run()
+
+    async def _start_run(self) -> None:
+        init = self._init()
+        await init.start()
+        self.restarts.run_started(init)
+        self.health.run_started(init)
 
     async def kill(self, sig: int, all: bool, exec_id: str = "") -> None:
-        await self.process(exec_id).kill(sig, all)
+        if exec_id or not self.restarts.user_kill(sig):  # True: a back-off dropped, no run to signal
+            await self.process(exec_id).kill(sig, all)
 
     async def pause(self) -> None:
         init = self._init()
@@ -297,6 +317,7 @@ class Container:
             await p.delete()
             self.execs.pop(exec_id, None)
             return p.exit
+        self.restarts.close()
         async with self._delete_lock:
             init = self._init()
             if init.state.name == CREATED:  # kill the waiting init first; its exit makes the container stopped
@@ -320,6 +341,7 @@ class Container:
         """After the init is deleted: unmount and remove the shim's state (its socket, pid and log stay until
         exit)."""
         self._torn_down = True
+        self.health.close()  # (delete closed the restart policy before it took the lock)
         self._end_run()
         if self._writer is not None:
             self._writer.close()
@@ -342,7 +364,8 @@ class Container:
     def describe(self) -> dict:
         init = self._init()
         return {
-            **init.describe(),
+            **init.describe(), **self.restarts.describe(), **self.health.describe(),
+            **({"status": RESTARTING} if self.restarts.pending else {}),
             "id": self.id,
             "shim_pid": os.getpid(),
             "bundle": self.bundle,

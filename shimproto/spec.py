@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-from . import plans, runflags
+from . import plans, policy, runflags
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -68,6 +68,8 @@ class ContainerSpec:
     ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
     devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER][:rwm]
     sysctls: dict[str, str] = field(default_factory=dict)
+    restart: str = ""  # docker's --restart text ("" : no); shimproto.policy
+    healthcheck: dict | None = None  # docker's health config map (None: the image's); shimproto.policy
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -89,7 +91,8 @@ class ContainerSpec:
             user=p.str("user", ""), stop_signal=p.str("stop_signal", ""), labels=p.map("labels", {}),
             network=p.str("network", ""), publish=p.strlist("publish"),
             volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
-            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"),
+            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"), restart=p.str("restart", ""),
+            healthcheck=policy.check_health(raw.get("healthcheck"), f"{what}: healthcheck"),
             nano_cpus=p.int("nano_cpus"), cpu_shares=p.int("cpu_shares"), memory_swap=p.int("memory_swap"),
             shm_size=p.int("shm_size"), cap_add=p.strlist("cap_add"), cap_drop=p.strlist("cap_drop"),
             privileged=p.bool("privileged"), security_opt=p.strlist("security_opt"), init=p.bool("init"),
@@ -117,6 +120,8 @@ class ContainerSpec:
             raise InvalidArgument("labels must map strings to strings")
         plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
         plans.check_names(self.add_hosts, self.dns)
+        policy.check_restart(self.restart, self.auto_remove)
+        policy.check_health(self.healthcheck)
         self._check_run_flags()
 
     def _check_run_flags(self) -> None:

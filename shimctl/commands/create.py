@@ -13,6 +13,7 @@ from shimproto.spec import ContainerSpec
 
 from .. import exitcodes, options
 from ..cli import Cli
+from . import _policyopts
 
 HELP = "create a container (start it with start)"
 ERRORS = exitcodes.CREATE
@@ -65,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver instead of the host's")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
+    _policyopts.add_arguments(p)
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
 
 
@@ -90,7 +92,8 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
                       nano_cpus=a.cpus, cpu_shares=a.cpu_shares, shm_size=a.shm_size, ulimits=a.ulimit,
                       cap_add=a.cap_add, cap_drop=a.cap_drop, privileged=a.privileged,
                       security_opt=a.security_opt, devices=a.device, sysctls=options.key_values(a.sysctl, "--sysctl"),
-                      init=a.init, stop_timeout=a.stop_timeout, **options.log_opts(a.log_opt))
+                      init=a.init, stop_timeout=a.stop_timeout, **_policyopts.fields(a),
+                      **options.log_opts(a.log_opt))
     s.check()  # a bad flag is refused here, before the manager is asked
     return s
 

@@ -1,9 +1,9 @@
 """shimctl ps [-a] [-q] [--filter KEY=VALUE]... [--format table|json]: list containers (running and paused ones,
 every one with -a).
 
-Filters are docker's: status=created|running|paused|exited (stopped is ours for exited), name=TEXT (a part of
-the id) and label=KEY or label=KEY=VALUE (a label set by -l/--label or the image's). Several values of one key
-match any of them (label: must all match, as docker's), different keys must all match. A status filter lists
+Filters are docker's: status=created|running|paused|restarting|exited (stopped is ours for exited), name=TEXT
+(a part of the id) and label=KEY or label=KEY=VALUE (a label set by -l/--label or the image's). Several values of
+one key match any of them (label: must all match, as docker's), different keys must all match. A status filter lists
 stopped containers without -a. The table shows times as docker does ("Up 5 minutes", "3 minutes ago"); json
 keeps the manager's full RFC 3339 timestamps.
 """
@@ -13,16 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
+from shimproto.model import CREATED, PAUSED, RESTARTING, RUNNING, STOPPED
 
 from .. import exitcodes, render
 from ..cli import Cli
 
 HELP = "list containers"
 ERRORS = exitcodes.OTHER
-# docker's status words -> ours; restarting, removing and dead are docker's too but never ours: they match nothing
+# docker's status words -> ours; removing and dead are docker's too but never ours: they match nothing
 STATUS_WORDS = {CREATED: CREATED, RUNNING: RUNNING, PAUSED: PAUSED, STOPPED: STOPPED, "exited": STOPPED,
-                "restarting": "", "removing": "", "dead": ""}
+                RESTARTING: RESTARTING, "removing": "", "dead": ""}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
