@@ -20,7 +20,7 @@ import signal
 
 import zmq.asyncio
 
-from shimproto.rpc import Server
+from shimproto.rpc import MAX_PENDING, MAX_PENDING_ALL, Server
 
 from . import launcher
 from .commands import handlers
@@ -121,7 +121,7 @@ async def serve(cfg: Config) -> int:
     ctx.set(zmq.MAX_SOCKETS, 65536)  # one socket per shim; ZeroMQ's default of 1023 would cap the containers
     m = Registry(ctx, store, cfg.runtime, cfg.defaults)
     mode = 0o600
-    server = Server(ctx, cfg.socket, handlers(m), log, mode=mode)
+    server = Server(ctx, cfg.socket, handlers(m), log, mode=mode, polls=(MAX_PENDING, MAX_PENDING_ALL // 2))
     if cfg.socket_group:
         os.chown(cfg.socket, 0, grp.getgrnam(cfg.socket_group).gr_gid)
         os.chmod(cfg.socket, 0o660)

@@ -9,18 +9,29 @@ same id starts again at sequence 1 with its create event; anything else of an en
 from __future__ import annotations
 
 import asyncio
+import bisect
+import logging
 import time
 
 from shimproto import journal
 from shimproto.model import CREATED, PAUSED, RESTARTING, RUNNING, STOPPED
 
 OBSERVED = ("status", "pid", "exit", "started_at", "restart_count", "health")
+log = logging.getLogger("shimd.manager")
+
+
+def _is_event(rec: dict) -> bool:
+    return journal.is_event(rec, "gseq")
 
 
 class EventLog:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.events = journal.load(path)
+        # damage is moved aside (one log line each) and the good records kept; numbers are never given out again
+        self.events, lost = journal.recover(path, _is_event, log.warning)
+        self.events.sort(key=lambda ev: ev["gseq"])
+        self._gseqs = [ev["gseq"] for ev in self.events]
+        self._next = journal.next_after(self.events, "gseq", lost)
         self.last: dict[str, int] = {}
         self.ended: set[str] = set()
         self.state: dict[str, dict] = {}  # per container: what its events say (status, pid, exit, started_at)
@@ -47,12 +58,12 @@ class EventLog:
             st.clear()
             st.update(status=CREATED, pid=ev.get("pid", 0), **kept)
         elif t == "start":
-            st.update(status=RUNNING, pid=ev.get("pid", st.get("pid", 0)), started_at=ev["time"])
+            st.update(status=RUNNING, pid=ev.get("pid", st.get("pid", 0)), started_at=ev.get("time", 0))
         elif t == "paused":
             st["status"] = PAUSED
         elif t == "resumed":
             st["status"] = RUNNING
-        elif t == "exit":
+        elif t == "exit" and isinstance(ev.get("exit"), dict):
             st.update(status=STOPPED, exit=ev["exit"])
         elif t == "restart":
             st.update(status=RESTARTING, restart_count=ev.get("count", 0))
@@ -74,7 +85,8 @@ class EventLog:
 
     @property
     def gseq(self) -> int:
-        return len(self.events)
+        """The last global sequence number given out (numbers may skip where damage was moved aside)."""
+        return self._next - 1
 
     def last_seq(self, id: str) -> int:
         return 0 if id in self.ended else self.last.get(id, 0)
@@ -85,9 +97,11 @@ class EventLog:
             return None
         if ev["id"] not in self.ended and ev["seq"] <= self.last.get(ev["id"], 0):
             return None
-        rec = {**ev, "gseq": self.gseq + 1}
+        rec = {**ev, "gseq": self._next}
         journal.append(self.fd, rec)
+        self._next += 1
         self.events.append(rec)
+        self._gseqs.append(rec["gseq"])
         self._advance(rec)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -101,7 +115,7 @@ class EventLog:
         return rec
 
     def since(self, gseq: int, id: str = "", limit: int = 1000) -> list[dict]:
-        evs = self.events[max(0, gseq):]
+        evs = self.events[bisect.bisect_right(self._gseqs, gseq):]
         if id:
             evs = [e for e in evs if e["id"] == id]
         return evs[:limit]

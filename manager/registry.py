@@ -253,6 +253,10 @@ class Registry:
 
     def record(self, e: Entry, ev: dict) -> None:
         """Take one event of e into the log (once); e.status, the log's view of e, follows."""
+        if not journal.is_event(ev) or ev["id"] != e.id:
+            log.warning("[%s] an event without what every event has (or of another container) ignored: %.200r",
+                        e.id, ev)
+            return
         if planted("drop-exit-event") and ev["type"] == "exit" and not ev["exec_id"]:
             ev = {**ev, "type": "exit-dropped"}
         if self.events.add(ev) and planted("duplicate-exit-event") and ev["type"] == "exit" and not ev["exec_id"]:
@@ -284,7 +288,11 @@ class Registry:
         await self.settle_dead_shim(e)
 
     async def settle_dead_shim(self, e: Entry) -> None:
-        for ev in journal.load(os.path.join(self.store.shim_dir(e.id), "events.journal")):
+        path = os.path.join(self.store.shim_dir(e.id), "events.journal")
+        got = journal.read(path, journal.is_event)
+        for off, n, why in got.bad:
+            log.warning("[%s] %s: %d bytes at offset %d skipped (%s)", e.id, path, n, off, why)
+        for ev in got.records:
             self.record(e, ev)  # what it journaled but we had not pulled yet
         recorded = await launcher.cleanup_dead(e.id, self.store.shim_dir(e.id), self.runtime,
                                                self.store.runc_root, self.store.dir(e.id))
@@ -347,6 +355,8 @@ class Registry:
         }
         if probe and probe.error is not None and not e.lost:
             out["error"] = probe.error.message
+        if e.meta.damaged:
+            out["metadata_error"] = e.meta.damaged
         return out
 
     async def inspect(self, e: Entry, timeout: float = 2.0) -> dict:

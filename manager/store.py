@@ -12,6 +12,7 @@ delete, for a repeat of that call).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass, fields
@@ -20,6 +21,8 @@ from shimproto.errors import ShimdError
 from shimproto.fsutil import atomic_write, read_json, write_json
 from shimproto.model import ID_RE
 from shimproto.spec import ContainerSpec
+
+log = logging.getLogger("shimd.manager")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Meta:
     created_at: int = 0
     request_key: str = ""  # the client's key of the create call, so a repeat of it is recognised
     image_digest: str = ""  # the manifest digest of the stored image it runs ("" : built-in or --rootfs)
+    damaged: str = ""  # why its meta.json could not be read (never written: the file is left as it was found)
 
     @property
     def id(self) -> str:
@@ -55,9 +59,10 @@ class Meta:
                    request_key=str(raw.get("request_key", "")), image_digest=str(raw.get("image_digest", "")))
 
     @classmethod
-    def placeholder(cls, id: str) -> Meta:
-        """For a create intent with no metadata: enough to roll it back."""
-        return cls(spec=ContainerSpec(args=[], id=id), lower="")
+    def placeholder(cls, id: str, damaged: str = "") -> Meta:
+        """For a create intent with no metadata (enough to roll it back), or a container whose meta.json cannot be
+        read (enough to list it, reattach its shim, inspect and remove it)."""
+        return cls(spec=ContainerSpec(args=[], id=id), lower="", damaged=damaged)
 
 
 OUTCOMES_KEPT = 1000
@@ -149,15 +154,31 @@ class Store:
         for name in sorted(os.listdir(self.containers)):
             if not ID_RE.fullmatch(name):
                 continue
+            path = os.path.join(self.containers, name, "meta.json")
             try:
-                meta = Meta.from_json(read_json(os.path.join(self.containers, name, "meta.json")))
+                meta = Meta.from_json(read_json(path))
                 meta.spec.id = name  # the directory names the container, never the file's content
                 out.append(meta)
-            except FileNotFoundError:  # a create that died before its metadata: nothing else was made
-                shutil.rmtree(os.path.join(self.containers, name), ignore_errors=True)
-            except (ValueError, TypeError, AttributeError, KeyError, ShimdError):
-                continue
+            except FileNotFoundError:
+                if self._made_nothing(name):  # a create that died before its metadata: nothing else was made
+                    shutil.rmtree(os.path.join(self.containers, name), ignore_errors=True)
+                    continue
+                out.append(self._damaged(name, path, "no such file, but the container's other files are there"))
+            except (OSError, ValueError, TypeError, AttributeError, KeyError, ShimdError) as e:
+                out.append(self._damaged(name, path, getattr(e, "message", "") or str(e) or type(e).__name__))
         return out
+
+    def _made_nothing(self, id: str) -> bool:
+        """Holds id's directory nothing but a half-written meta.json (a create killed before its metadata)?"""
+        return all(n.startswith("meta.json.tmp") for n in os.listdir(self.dir(id)))
+
+    @staticmethod
+    def _damaged(id: str, path: str, why: str) -> Meta:
+        """A container whose metadata cannot be read stays a container: listed, reattached, removable. One line."""
+        why = " ".join(why.split())[:200]
+        log.warning("[%s] %s cannot be read (%s): listed with what its shim says; inspect and rm -f work", id, path,
+                    why)
+        return Meta.placeholder(id, damaged=f"{path}: {why}")
 
     def images_in_use(self) -> tuple[set[str], dict[str, list[str]]]:
         """(lower directories, image digest -> container ids) of every container with metadata on disk, listed or
@@ -168,7 +189,11 @@ class Store:
             try:
                 raw = read_json(os.path.join(self.containers, name, "meta.json"))
             except (OSError, ValueError):
-                continue
+                raw = None
+            if not isinstance(raw, dict) and not self._made_nothing(name):
+                # whose layers it runs on is unknown: keep every layer there is while it exists
+                layers = os.path.join(self.root, "images", "layers", "sha256")
+                lowers.update(os.path.join(layers, n) for n in (os.listdir(layers) if os.path.isdir(layers) else ()))
             if isinstance(raw, dict):
                 lowers.update(str(raw.get("lower", "")).split(":"))
                 if raw.get("image_digest"):

@@ -74,7 +74,13 @@ def ago(text: str | None, now: float) -> str:
 
 def status(c: dict, now: float) -> str:
     """The STATUS column of `ps`: "Up 5 minutes", "Up 5 minutes (Paused)", "Up 2 minutes (healthy)", "Exited (137)
-    2 seconds ago", "Restarting (1) 2 seconds ago", "Created"; from a list or inspect view."""
+    2 seconds ago", "Restarting (1) 2 seconds ago", "Created"; from a list or inspect view. " (metadata
+    unreadable)" after it when its meta.json could not be read (inspect says why)."""
+    text = _status(c, now)
+    return f"{text} (metadata unreadable)" if c.get("metadata_error") else text
+
+
+def _status(c: dict, now: float) -> str:
     st = c.get("status")
     if st in (RUNNING, PAUSED):
         since = c.get("started_at") or c.get("created_at")

@@ -11,11 +11,14 @@ the health check's verdict changed, or a run began `starting`).
 from __future__ import annotations
 
 import asyncio
+import bisect
+import logging
 import os
 import time
 
 from shimproto import journal
 
+log = logging.getLogger("shimd")
 TYPES = ("create", "start", "exec-added", "exec-started", "exit", "oom", "paused", "resumed", "delete", "restart",
          "health_status")
 
@@ -24,27 +27,30 @@ class Journal:
     def __init__(self, path: str, container_id: str) -> None:
         self.path = path
         self.id = container_id
-        self.events: list[dict] = journal.load(path)
+        self.events, lost = journal.recover(path, journal.is_event, log.warning)
+        self._next = journal.next_after(self.events, "seq", lost)
         self.fd = journal.open_append(path)
         self._changed = asyncio.Event()
 
     @property
     def seq(self) -> int:
-        return self.events[-1]["seq"] if self.events else 0
+        """The last sequence number given out (numbers skip where damage was moved aside)."""
+        return self._next - 1
 
     def emit(self, type: str, exec_id: str = "", **data: object) -> dict:
         assert type in TYPES, type
-        ev = {"seq": self.seq + 1, "type": type, "id": self.id, "exec_id": exec_id, "time": time.time_ns(),
+        ev = {"seq": self._next, "type": type, "id": self.id, "exec_id": exec_id, "time": time.time_ns(),
               **data}
         journal.append(self.fd, ev)
+        self._next += 1
         self.events.append(ev)
         self._changed.set()
         self._changed = asyncio.Event()
         return ev
 
     def since(self, seq: int, limit: int = 1000) -> list[dict]:
-        # sequence numbers are dense from 1, so seq is also the index of the next event
-        return self.events[max(0, seq): max(0, seq) + limit]
+        start = bisect.bisect_right(self.events, seq, key=lambda ev: ev["seq"])
+        return self.events[start: start + limit]
 
     async def wait_since(self, seq: int, timeout: float) -> list[dict]:
         if not self.since(seq):

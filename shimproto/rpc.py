@@ -20,18 +20,31 @@ from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Una
 from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode, encode_request
 
 Handler = Callable[[Params], Awaitable[object]]
+# Long polls (a call that may wait up to a minute for something to happen) are what a client can pile up: each
+# holds a task and its state. Past these caps one is answered unavailable at once. Other calls are short, and
+# are never refused: a manager's own delete must get through however many waits its clients forwarded.
+# The manager's server takes at most MAX_PENDING from one client and MAX_PENDING_ALL / 2 in all, so what it
+# forwards to one shim always leaves the shim (which takes MAX_PENDING_ALL, from the manager's one connection too)
+# room for the manager's own waits.
+LONG_POLLS = frozenset({"wait", "logs", "events"})
+MAX_PENDING = 1024  # long polls in flight on one connection (the manager's server)
+MAX_PENDING_ALL = 16384  # on all connections together (a shim's server: per connection too)
 
 class Server:
     """A ROUTER socket bound at a unix path that runs one task per request."""
 
     def __init__(self, ctx: zmq.asyncio.Context, path: str, handlers: dict[str, Handler],
                  log: logging.Logger | logging.LoggerAdapter, mode: int = 0o600,
-                 translate: Callable[[Exception], ShimdError | None] | None = None) -> None:
+                 translate: Callable[[Exception], ShimdError | None] | None = None,
+                 polls: tuple[int, int] = (MAX_PENDING_ALL, MAX_PENDING_ALL)) -> None:
         self.path = path
         self.handlers = handlers
         self.translate = translate
         self.log = log
         self._tasks: set[asyncio.Task] = set()
+        self._pending: dict[bytes, int] = {}  # long polls in flight per connection (the ROUTER's peer identity)
+        self._polls = 0  # long polls in flight on all connections
+        self.max_peer, self.max_all = polls  # caps on them: per connection, in all
         self._sending: set[asyncio.Task] = set()  # tasks whose reply is not yet handed to zmq
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -57,15 +70,47 @@ class Server:
                     await self._send(frames[0], {"id": None, "error": InvalidArgument(
                         f"malformed request: expected 1 frame, got {len(frames) - 1}").to_wire()})
                 continue
-            task = asyncio.create_task(self._handle(frames[0], frames[1]))
+            ident = frames[0]
+            try:
+                request: tuple | BaseException = decode_request(frames[1])
+            except (BadRequest, ShimdError) as e:
+                request = e
+            poll = not isinstance(request, BaseException) and request[1] in LONG_POLLS
+            if poll and (self._pending.get(ident, 0) >= self.max_peer or self._polls >= self.max_all):
+                await self._refuse(ident, request[0])  # type: ignore[index]
+                continue
+            if poll:
+                self._pending[ident] = self._pending.get(ident, 0) + 1
+                self._polls += 1
+            task = asyncio.create_task(self._handle(ident, request))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t, ident=ident, poll=poll: self._done(t, ident, poll))
 
-    async def _handle(self, ident: bytes, payload: bytes) -> None:
+    def _done(self, task: asyncio.Task, ident: bytes, poll: bool) -> None:
+        self._tasks.discard(task)
+        if not poll:
+            return
+        self._polls -= 1
+        left = self._pending.get(ident, 1) - 1
+        if left > 0:
+            self._pending[ident] = left
+        else:
+            self._pending.pop(ident, None)
+
+    async def _refuse(self, ident: bytes, rid: object) -> None:
+        """Answer a long poll past the caps with unavailable."""
+        mine = self._pending.get(ident, 0)
+        why = (f"{mine} long polls in flight on this connection (at most {self.max_peer})" if mine >= self.max_peer
+               else f"{self._polls} long polls in flight (at most {self.max_all})")
+        await self._send(ident, {"id": rid, "error": Unavailable(f"too many calls: {why}; try again").to_wire()})
+
+    async def _handle(self, ident: bytes, request: tuple | BaseException) -> None:
         rid: object = None
         method = "?"
         try:
-            rid, method, raw = decode_request(payload)
+            if isinstance(request, BaseException):
+                raise request
+            rid, method, raw = request
             handler = self.handlers.get(method)
             if handler is None:
                 raise InvalidArgument(f"unknown method {method!r}")

@@ -14,6 +14,7 @@ import msgpack
 from .errors import InvalidArgument
 
 MAX_MESSAGE = 8 * 1024 * 1024  # also set as ZMQ_MAXMSGSIZE on every server socket
+MAX_CONTAINERS = 100_000  # maps and arrays in one request: 3 MB of empty maps decoded to ~200 MB without a bound
 
 
 def encode(obj: object) -> bytes:
@@ -37,9 +38,32 @@ def decode(frame: bytes) -> object:
         raise InvalidArgument(f"malformed message: {type(e).__name__}: {e}") from None
 
 
+def _decode_bounded(frame: bytes) -> object:
+    """decode() of a request, refused as soon as it holds more than MAX_CONTAINERS maps and arrays (each is tens
+    of bytes in memory for one byte on the wire)."""
+    if len(frame) > MAX_MESSAGE:
+        raise InvalidArgument(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE}")
+    count = 0
+
+    def counted(x: object) -> object:
+        nonlocal count
+        count += 1
+        if count > MAX_CONTAINERS:
+            raise InvalidArgument(f"request holds more than {MAX_CONTAINERS} maps and arrays")
+        return x
+
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, list_hook=counted,
+                               object_pairs_hook=lambda pairs: counted(dict(pairs)))
+    except InvalidArgument:
+        raise
+    except Exception as e:  # msgpack raises a zoo of types for bad input
+        raise InvalidArgument(f"malformed message: {type(e).__name__}: {e}") from None
+
+
 def decode_request(frame: bytes) -> tuple[object, str, dict]:
     """Return (request id, method, params) or raise InvalidArgument (the id is kept when readable)."""
-    msg = decode(frame)
+    msg = _decode_bounded(frame)
     if not isinstance(msg, dict):
         raise InvalidArgument("malformed request: not a map")
     rid = msg.get("id")
