@@ -112,11 +112,13 @@ class Resources:
 @dataclass(frozen=True)
 class Security:
     """What the process may do: its capabilities (bounding, effective, permitted), no_new_privileges, and
-    privileged (every device usable, /sys and the cgroup tree writable, nothing of /proc masked)."""
+    privileged (every device usable, /sys and the cgroup tree writable, nothing of /proc masked), and the
+    `linux.seccomp` filter (runtime/seccomp.py; None: unconfined)."""
 
     capabilities: tuple[str, ...] = DEFAULT_CAPS
     no_new_privileges: bool = False
     privileged: bool = False
+    seccomp: dict | None = None
 
 
 def rlimits(ulimits: list[Rlimit], nr_open: int) -> list[dict]:
@@ -191,6 +193,8 @@ class Spec:
             linux["devices"] = [d.to_oci() for d in self.devices]
         if self.sysctls:
             linux["sysctl"] = dict(self.sysctls)
+        if sec.seccomp is not None:
+            linux["seccomp"] = sec.seccomp
         return {
             "ociVersion": "1.0.2",
             "process": {

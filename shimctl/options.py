@@ -5,6 +5,7 @@ Each parser is pure and raises argparse.ArgumentTypeError (as an argparse `type=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -170,3 +171,28 @@ def log_opts(opts: list[str]) -> dict:
 def command(args: list[str]) -> list[str]:
     """argparse.REMAINDER keeps a leading `--`: drop it."""
     return args[1:] if args and args[0] == "--" else list(args)
+
+
+def security_opts(opts: list[str], max_size: int = 256 * 1024) -> list[str]:
+    """--security-opt as sent: seccomp=PATH becomes seccomp=<the file's JSON>, as docker's CLI does (the manager
+    and the shim never read a client's path)."""
+    out = []
+    for opt in opts:
+        key, sep, value = opt.partition("=") if opt.startswith("seccomp=") else opt.partition(":")
+        if key != "seccomp" or not sep or value == "unconfined" or value.lstrip().startswith("{"):
+            out.append(opt)
+            continue
+        try:
+            with open(value, "rb") as f:
+                data = f.read(max_size + 1)
+        except OSError as e:
+            raise Usage(f"--security-opt seccomp={value}: {e.strerror}") from None
+        if len(data) > max_size:
+            raise Usage(f"--security-opt seccomp={value}: the profile is over {max_size // 1024} KiB")
+        try:
+            if not isinstance(json.loads(data), dict):
+                raise ValueError("an array or a value")
+        except ValueError as e:  # UnicodeDecodeError too
+            raise Usage(f"--security-opt seccomp={value}: not a JSON object: {e}") from None
+        out.append("seccomp=" + data.decode())
+    return out

@@ -4,10 +4,12 @@ the container's own /etc/passwd); runtime/bundle.py renders it."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import stat
 
+from runtime import seccomp
 from runtime.bundle import (
     DEFAULT_CAPS,
     DEFAULT_ENV,
@@ -96,6 +98,36 @@ def ulimits(texts: list[str], ceiling: tuple[int, str]) -> list[Rlimit]:
     return out
 
 
+_default_profile: tuple[tuple[int, int], object] | None = None  # ((mtime_ns, size), parsed): read once per change
+
+
+def default_profile(path: str = seccomp.DEFAULT_PROFILE) -> object:
+    global _default_profile
+    try:
+        st = os.stat(path)
+        if _default_profile is None or _default_profile[0] != (st.st_mtime_ns, st.st_size):
+            with open(path) as f:
+                _default_profile = ((st.st_mtime_ns, st.st_size), json.load(f))
+    except OSError as e:
+        raise InvalidArgument(f"the default seccomp profile {path}: {e.strerror} (install containers-common, or "
+                              f"run with --security-opt seccomp=unconfined)") from None
+    except ValueError as e:
+        raise InvalidArgument(f"the default seccomp profile {path}: {e}") from None
+    return _default_profile[1]
+
+
+def seccomp_filter(privileged: bool, opt: str, caps: tuple[str, ...]) -> dict | None:
+    """The container's `linux.seccomp`: none when --privileged or seccomp=unconfined (as docker), else the given
+    profile or containers-common's, for this machine and caps."""
+    if privileged or opt == runflags.UNCONFINED:
+        return None
+    name, _, kernel = seccomp.machine()
+    try:
+        return seccomp.to_oci(json.loads(opt) if opt else default_profile(), name, caps, kernel)
+    except ValueError as e:
+        raise InvalidArgument(f"--security-opt seccomp: {e}" if opt else f"{seccomp.DEFAULT_PROFILE}: {e}") from None
+
+
 def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMount], netns: str | None) -> Spec:
     """The spec of req's container, whose root is mounted at rootfs; binds after the standard mounts."""
     spec = req.spec
@@ -103,6 +135,7 @@ def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMo
     ceiling = nofile_ceiling(held)
     caps = held if spec.privileged else runflags.capabilities(spec.cap_add, spec.cap_drop, DEFAULT_CAPS)
     devices = host_devices() if spec.privileged else []
+    opts = runflags.security_opts(spec.security_opt)
     for text in spec.devices:
         d = runflags.DeviceSpec.parse(text)
         devices.append(device(d.host, d.container, d.access))
@@ -114,7 +147,8 @@ def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMo
         resources=Resources(memory=spec.memory_limit, memory_swap=spec.memory_swap, pids=spec.pids_limit,
                             nano_cpus=spec.nano_cpus, cpu_shares=spec.cpu_shares),
         security=Security(capabilities=tuple(caps), privileged=spec.privileged,
-                          no_new_privileges=runflags.no_new_privileges(spec.security_opt)),
+                          no_new_privileges=opts.no_new_privileges,
+                          seccomp=seccomp_filter(spec.privileged, opts.seccomp, tuple(caps))),
         rlimits=ulimits(spec.ulimits, ceiling), nr_open=ceiling[0], devices=devices, sysctls=dict(spec.sysctls),
         shm_size=spec.shm_size or DEFAULT_SHM_SIZE,
     )

@@ -6,11 +6,12 @@ InvalidArgument naming the flag and the text.
     --device HOST[:CONTAINER][:rwm]         DeviceSpec
     --sysctl KEY=VALUE                      check_sysctl: the namespaced ones docker allows
     --cap-add/--cap-drop CAP|ALL            capabilities(): the set the container gets
-    --security-opt no-new-privileges[:true|false]
+    --security-opt no-new-privileges[:true|false], seccomp=unconfined, seccomp=PROFILE-JSON   security_opts()
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -123,12 +124,41 @@ def capabilities(add: list[str], drop: list[str], default: tuple[str, ...] | lis
     return tuple(c for c in ALL_CAPS if c in caps)
 
 
-def no_new_privileges(security_opts: list[str]) -> bool:
-    """--security-opt: only no-new-privileges (alone, :true/false or =true/false) is ours to take."""
-    on = False
-    for opt in security_opts:
-        key, _, value = opt.replace("=", ":", 1).partition(":")
-        if key != "no-new-privileges" or value not in ("", "true", "false"):
-            raise InvalidArgument(f"invalid --security-opt {opt!r}: the only option is no-new-privileges[:true|false]")
-        on = value != "false"
-    return on
+SECCOMP_MAX = 256 * 1024  # a profile's JSON: containers-common's is 16 KiB
+UNCONFINED = "unconfined"
+
+
+@dataclass(frozen=True)
+class SecurityOpts:
+    no_new_privileges: bool = False
+    seccomp: str = ""  # "": the default profile; "unconfined"; else a profile's JSON text (the CLI read the file)
+
+
+def security_opts(opts: list[str]) -> SecurityOpts:
+    """--security-opt as docker takes it: no-new-privileges (alone, :true/false or =true/false), seccomp=unconfined,
+    seccomp=JSON (docker's CLI, like ours, reads seccomp=PATH and sends the file's text). The profile is checked
+    here as JSON that is an object; its rules when the shim converts it (runtime/seccomp.py)."""
+    nnp, seccomp = False, ""
+    for opt in opts:
+        key, _, value = opt.partition("=") if opt.startswith("seccomp=") else opt.replace("=", ":", 1).partition(":")
+        if key == "no-new-privileges" and value in ("", "true", "false"):
+            nnp = value != "false"
+        elif key == "seccomp" and value == UNCONFINED:
+            seccomp = value
+        elif key == "seccomp" and value.lstrip().startswith("{"):
+            if len(value) > SECCOMP_MAX:
+                raise InvalidArgument(f"--security-opt seccomp: the profile is over {SECCOMP_MAX // 1024} KiB")
+            try:
+                if not isinstance(json.loads(value), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                raise InvalidArgument(f"--security-opt seccomp: the profile is not a JSON object: {e}") from None
+            seccomp = value
+        else:
+            raise InvalidArgument(f"invalid --security-opt {opt[:80]!r}: the options are "
+                                  f"no-new-privileges[:true|false], seccomp=unconfined and seccomp=PROFILE.json")
+    return SecurityOpts(nnp, seccomp)
+
+
+def no_new_privileges(opts: list[str]) -> bool:
+    return security_opts(opts).no_new_privileges

@@ -141,7 +141,7 @@ class ContainerSpec:
         if self.stop_timeout is not None and not 0 <= self.stop_timeout <= 3600:
             raise InvalidArgument(f"--stop-timeout {self.stop_timeout} must be between 0 and 3600 seconds")
         runflags.capabilities(self.cap_add, self.cap_drop, ())  # every name known
-        runflags.no_new_privileges(self.security_opt)
+        runflags.security_opts(self.security_opt)
         for text in self.ulimits:
             runflags.Ulimit.parse(text)
         if len({runflags.Ulimit.parse(t).name for t in self.ulimits}) != len(self.ulimits):

@@ -152,7 +152,7 @@ def test_stop_timeout_is_the_containers_own_grace(env):
     (["--memory-swap", "64m"], "needs --memory"),
     (["--memory", "64m", "--memory-swap", "32m"], "must be at least --memory"),
     (["--cap-add", "CAP_NOPE"], "unknown capability"),
-    (["--security-opt", "seccomp=unconfined"], "the only option is no-new-privileges"),
+    (["--security-opt", "apparmor=unconfined"], "the options are no-new-privileges"),
     (["--ulimit", "nofiles=1"], "use NAME=SOFT[:HARD]"),
     (["--ulimit", "nofile=10:5"], "soft limit is above the hard one"),
     (["--ulimit", "nofile=1", "--ulimit", "nofile=2"], "given twice"),

@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
     p.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     p.add_argument("--privileged", action="store_true", help="every capability and host device, nothing masked")
-    p.add_argument("--security-opt", action="append", default=[], metavar="OPT", help="no-new-privileges")
+    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json")
     p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="a host device")
     p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE", help="a namespaced sysctl")
     p.add_argument("--init", action="store_true", help="run tini as PID 1, reaping orphans and passing signals")
@@ -91,7 +92,8 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
                       read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, memory_swap=a.memory_swap,
                       nano_cpus=a.cpus, cpu_shares=a.cpu_shares, shm_size=a.shm_size, ulimits=a.ulimit,
                       cap_add=a.cap_add, cap_drop=a.cap_drop, privileged=a.privileged,
-                      security_opt=a.security_opt, devices=a.device, sysctls=options.key_values(a.sysctl, "--sysctl"),
+                      security_opt=options.security_opts(a.security_opt), devices=a.device,
+                      sysctls=options.key_values(a.sysctl, "--sysctl"),
                       init=a.init, stop_timeout=a.stop_timeout, **_policyopts.fields(a),
                       **options.log_opts(a.log_opt))
     s.check()  # a bad flag is refused here, before the manager is asked
