@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from shimproto.errors import InvalidState
+from shimproto.plant import planted
 from shimproto.policy import BACKOFF_FIRST, BACKOFF_LONGEST, BACKOFF_RESET, RestartPolicy, stops_policy
 from shimproto.spec import ContainerSpec
 
@@ -82,7 +83,7 @@ class Watching(RestartState):
         if ran_for >= BACKOFF_RESET:
             m.delay = 0.0
         m.delay = BACKOFF_FIRST if m.delay == 0 else min(m.delay * 2, BACKOFF_LONGEST)
-        m.count += 1
+        m.count += 2 if planted("restart-count-skips") else 1
         m.move("retry")
         m.journal.emit("restart", count=m.count, delay_ms=int(m.delay * 1000), exit_code=exit["code"])
         m.log.info("restart %d in %.1fs (exit %s)", m.count, m.delay, exit["code"])

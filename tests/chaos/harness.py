@@ -19,6 +19,9 @@ function each in tests/chaos/invariants.py; every finding starts with its invari
 - attach-lines: an attach prints the counter's lines, consecutive, at least one, nothing on stderr, and exits with
   the container's code when it ends on its own;
 - fault-point: an armed fault point is reached (the manager dies there);
+- restart-count, one-run, health-check (crash-looping containers with restart policies, containers with health
+  checks that pass, fail or hang): counts only grow and match the journal, runs and exits alternate, one init and
+  one check process at a time, none left (tests/chaos/restartops.py);
 - image-store, image-ops (with an archive: imports, image removals and commits among the operations): no half
   image is listed, nothing unreferenced is kept once the start-up collection ran, and each image call sent again
   to the next manager ends as it should (tests/chaos/image_invariants.py).
@@ -45,10 +48,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.chaos import image_invariants, invariants, netops
+from tests.chaos import image_invariants, invariants, netops, restartops
 from tests.chaos.imageops import ImageOps, Img
 from tests.chaos.netops import NetOps
 from tests.chaos.ops import Box, Ops, Stats
+from tests.chaos.restartops import RestartOps
 from tests.harness import PY, REPO, Env
 
 MAX_LIVE = 30  # containers; past this, rounds remove instead of creating
@@ -63,7 +67,7 @@ IMAGE_ACTS = {"image:fetched": "import", "image:unpacked": "import", "image:unta
               "image:committed": "commit"}
 
 
-class Chaos(Ops, ImageOps, NetOps):
+class Chaos(Ops, ImageOps, NetOps, RestartOps):
     def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False, plant: str = "",
                  settle: float = SETTLE, archive: str = "", netns: str = "") -> None:
         self.disk_full = disk_full
@@ -97,6 +101,7 @@ class Chaos(Ops, ImageOps, NetOps):
         self.last_images: image_invariants.ImageView | None = None
         self.netns = netns  # the network namespace the managers run in ("": no web containers)
         self.net_ops_active = 0
+        self.restart_seen: dict[str, tuple[int, int]] = {}  # restart-count's baselines (restartops.learn)
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -187,7 +192,8 @@ class Chaos(Ops, ImageOps, NetOps):
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
-                   self.op_attach, self.op_kill_template, *self.image_choices(), *self.net_choices()]
+                   self.op_attach, self.op_kill_template, *self.image_choices(), *self.net_choices(),
+                   *self.restart_choices()]
         with self.lock:
             live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
@@ -283,6 +289,7 @@ class Chaos(Ops, ImageOps, NetOps):
                     check(self, view)
                 image_invariants.check(self, c, view.unsettled)
                 netops.check(self, view)
+                restartops.check(self, view)
                 new = [u for u in view.unsettled if u not in self.recorded]  # (one recorded before: no lag)
                 if not new or time.monotonic() > deadline:
                     break
@@ -292,6 +299,7 @@ class Chaos(Ops, ImageOps, NetOps):
             invariants.count_checks(self, view)
             invariants.logs_hold_every_line_once_in_order(self, c, view)
             invariants.learn(self, view)
+            restartops.learn(self, view)
             image_invariants.learn(self)
         finally:
             c.close()

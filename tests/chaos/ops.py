@@ -18,6 +18,7 @@ import psutil
 from manager.registry import read_pid
 from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
+from tests.chaos.restartops import CHECKS, RESTART_KINDS
 from tests.harness import PY, REPO, Env
 
 ATTACH_PATIENCE = 30.0  # seconds an attach to a running counter may take to print its first line
@@ -69,6 +70,11 @@ class Stats:
     kills_in_image_ops: int = 0  # manager SIGKILLs that landed while an image operation was under way
     web_containers: int = 0  # on the bridge network, a published port (tests/chaos/netops.py)
     kills_in_network_ops: int = 0  # manager SIGKILLs that landed while a web container was created or removed
+    restart_containers: int = 0  # with a restart policy, crash-looping (tests/chaos/restartops.py)
+    health_containers: int = 0  # with a health check that passes, fails or hangs
+    restarts_seen: int = 0  # restart events in the manager's event stream
+    health_status_events: int = 0
+    health_probes_seen: int = 0  # check processes found in containers' cgroups (at most one each at a time)
     known_masquerade_left: set[str] = field(default_factory=set)  # bridge's chains of the known gap
     violations: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)  # invariant -> how many things it checked
@@ -304,7 +310,7 @@ class Ops:
                     self.stats.template_kills += 1
 
     def kill_a_shim(self) -> None:
-        box = self._pick()
+        box = self._pick(("counter", "exiter", "trapper", "web", *RESTART_KINDS, *CHECKS))
         if box is None:
             return
         pid = read_pid(os.path.join(self.env.state, "shims", box.id, "shim.pid"))

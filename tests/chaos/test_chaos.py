@@ -58,6 +58,8 @@ def test_chaos(netns, bare_env, shared_root, chaos_archive):
     assert set(s.fault_points) == set(POINTS), f"fault points never reached: {set(POINTS) - set(s.fault_points)}"
     assert s.template_kills > 0, "the warm template was never killed"
     assert s.kills_in_image_ops > 0, "no manager kill landed during an image operation"
+    assert s.restart_containers > 0 and s.restarts_seen > 0, "no container was restarted by its policy"
+    assert s.health_containers > 0, "no container with a health check"
     assert s.web_containers > 0 and s.kills_in_network_ops > 0, "no manager kill landed during a network operation"
 
 
