@@ -215,12 +215,13 @@ class Spec:
 
 
 def write_bundle(bundle_dir: str, spec: Spec) -> str:
-    """Write <bundle>/config.json atomically (temp file, rename) and return its path. Not fsynced: the bundle
-    lives in the state dir (a tmpfs in production) and is written again by every create."""
-    os.makedirs(bundle_dir, mode=0o711, exist_ok=True)
+    """Write <bundle>/config.json atomically (temp file, rename) and return its path, owner-only (it holds every
+    -e value). Not fsynced: the bundle lives in the state dir (a tmpfs in production) and is written again by
+    every create."""
+    os.makedirs(bundle_dir, mode=0o700, exist_ok=True)
     path = os.path.join(bundle_dir, "config.json")
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
         json.dump(spec.to_oci(), f, indent=1)
     os.rename(tmp, path)
     return path

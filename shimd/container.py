@@ -97,7 +97,11 @@ class Container:
             if not os.path.isdir(lower):
                 raise InvalidArgument(f"rootfs {lower} is not a directory")
         spec = req.spec
-        for d in (req.upper, req.work, self.rootfs, os.path.dirname(req.log_path)):
+        # the writable layer and the log are root's alone; upper itself keeps 0711 (it is the container's /)
+        for d in (os.path.dirname(req.upper), os.path.dirname(req.log_path), self.bundle):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        for d in (req.upper, req.work, self.rootfs):
             os.makedirs(d, mode=0o711, exist_ok=True)
         _sys.mount_overlay(req.lower, req.upper, req.work, self.rootfs)
         try:

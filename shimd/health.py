@@ -158,7 +158,8 @@ class Health:
             base = json.load(f)["process"]
         proc_file, pid_file = os.path.join(self.dir, "process.json"), os.path.join(self.dir, "pid")
         out_path = os.path.join(self.dir, "output")
-        with open(proc_file, "w") as f:
+        # owner-only: the env holds secrets
+        with os.fdopen(os.open(proc_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
             json.dump(exec_process(base, list(self.check.args or []), None, None, False), f)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.check.timeout
