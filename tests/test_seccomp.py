@@ -48,7 +48,7 @@ def test_ordinary_workloads_run_under_the_filter(env):
 def test_seccomp_path_takes_a_profile_file(env, tmp_path):
     # a profile that refuses mkdir with EPERM and allows the rest (OCI form)
     oci = tmp_path / "oci.json"
-    oci.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+    oci.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [seccomp.machine()[1]],
                                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
                                              "errnoRet": 1}]}))
     r = env.ctl("run", "--rm", "--security-opt", f"seccomp={oci}", "busybox", "mkdir", "/x")
