@@ -74,6 +74,7 @@ class Stats:
     health_containers: int = 0  # with a health check that passes, fails or hangs
     restarts_seen: int = 0  # restart events in the manager's event stream
     health_status_events: int = 0
+    restart_shim_kills: int = 0  # shim SIGKILLs of those (a lost shim's always container is relaunched)
     health_probes_seen: int = 0  # check processes found in containers' cgroups (at most one each at a time)
     known_masquerade_left: set[str] = field(default_factory=set)  # bridge's chains of the known gap
     violations: list[str] = field(default_factory=list)
@@ -309,8 +310,9 @@ class Ops:
                 else:
                     self.stats.template_kills += 1
 
-    def kill_a_shim(self) -> None:
-        box = self._pick(("counter", "exiter", "trapper", "web", *RESTART_KINDS, *CHECKS))
+    def kill_a_shim(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper", "web", *RESTART_KINDS,
+                                                     *CHECKS)) -> None:
+        box = self._pick(kinds)
         if box is None:
             return
         pid = read_pid(os.path.join(self.env.state, "shims", box.id, "shim.pid"))
@@ -319,6 +321,7 @@ class Ops:
             box.shim_killed = True
             box.allowed.add(255)
             self.stats.shim_kills += 1
+            self.stats.restart_shim_kills += box.kind in (*RESTART_KINDS, *CHECKS)
 
 
 def alive(pid: int) -> bool:

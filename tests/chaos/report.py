@@ -54,6 +54,7 @@ def render(r: Results) -> str:
             ("containers with a restart policy (crash loops) / with a health check",
              f"{s.restart_containers} / {s.health_containers}"),
             ("restarts (restart events) / health_status events", f"{s.restarts_seen} / {s.health_status_events}"),
+            ("shim SIGKILLs of those", s.restart_shim_kills),
             ("health-check processes seen in containers' cgroups (at most one each at a time)", s.health_probes_seen),
             ("bridge masquerade chains left by the known gap (docs/architecture.md)", len(s.known_masquerade_left)),
             ("invariants violated", len(s.violations)),

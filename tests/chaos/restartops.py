@@ -20,6 +20,7 @@ harness killed its shim).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ CHECKS = {"healthy": ["CMD", "sleep", "0.2"], "sick": ["CMD-SHELL", "sleep 0.2; 
           "hung": ["CMD", "sleep", "31"]}
 PROBES = {"healthy": ["sleep", "0.2"], "sick": ["/bin/sh", "-c", "sleep 0.2; exit 1"], "hung": ["sleep", "31"]}
 KINDS = (*RESTART_KINDS, *CHECKS)
+WEIGHT = int(os.environ.get("CHAOS_RESTART_WEIGHT", "1"))  # its share of a round's choices (13 others)
 MAX_LIVE = 4  # of these at once (a probe a second each costs a runc exec): past it, remove instead
 
 
@@ -53,7 +55,7 @@ class RestartOps:
     restart_seen: dict[str, tuple[int, int]]  # container id -> (incarnation, the largest restart_count seen)
 
     def restart_choices(self) -> list:
-        return [self.op_run_restarting]
+        return [self.op_run_restarting] * WEIGHT
 
     def op_run_restarting(self) -> Box | None:
         ch: Chaos = self  # type: ignore[assignment]
@@ -62,6 +64,8 @@ class RestartOps:
                     and b.id not in ch.protected]
             remove = len(live) >= MAX_LIVE or (live and ch.rng.random() < 0.25)
             kind = ch.rng.choice(KINDS)
+        if live and ch.rng.random() < 0.2:  # its shim killed, in a back-off, a run or a check
+            ch.kill_a_shim(KINDS)
         if remove:
             ch.op_rm(ch.rng.choice(live))
             return None
