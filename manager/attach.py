@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 
+from runtime.bundle import INIT_PATH
 from shimproto.errors import InvalidArgument, InvalidState, ShimdError
 from shimproto.model import PAUSED, RUNNING
 from shimproto.plans import (
@@ -23,6 +26,7 @@ from shimproto.plans import (
     TmpfsSpec,
     VolumeSpec,
 )
+from shimproto.runflags import DeviceSpec
 from shimproto.spec import ContainerSpec
 
 from .entry import Entry
@@ -30,6 +34,7 @@ from .networks import read_record
 from .registry import Registry
 
 log = logging.getLogger("shimd.manager")
+INITS = ("tini-static", "catatonit")  # --init's reaper: static binaries, so any image can run them
 
 
 def network_plan(r: Registry, spec: ContainerSpec) -> NetworkPlan:
@@ -48,8 +53,30 @@ def network_plan(r: Registry, spec: ContainerSpec) -> NetworkPlan:
                        ports=[PortMapping.parse(p) for p in spec.publish], peers=peers(r, net.name))
 
 
+def init_binary() -> str:
+    for name in INITS:
+        path = shutil.which(name)
+        if path:
+            return os.path.realpath(path)
+    raise InvalidArgument(f"--init needs {' or '.join(INITS)} on this host (Debian's tini package has tini-static)")
+
+
+def check_devices(spec: ContainerSpec) -> None:
+    for text in spec.devices:
+        d = DeviceSpec.parse(text)
+        try:
+            mode = os.stat(d.host).st_mode
+        except OSError as e:
+            raise InvalidArgument(f"invalid --device {text!r}: {d.host}: {e.strerror}") from None
+        if not stat.S_ISCHR(mode) and not stat.S_ISBLK(mode):
+            raise InvalidArgument(f"invalid --device {text!r}: {d.host} is not a device")
+
+
 def mount_plans(r: Registry, spec: ContainerSpec) -> list[MountPlan]:
-    out = []
+    """The container's mounts after the /etc files: --init's reaper, -v, --tmpfs (devices checked too: all of it
+    before any named volume is made)."""
+    check_devices(spec)
+    out = [MountPlan("bind", INIT_PATH, init_binary(), readonly=True)] if spec.init else []
     vols = [(text, VolumeSpec.parse(text)) for text in spec.volumes]
     for text, v in vols:  # every host path first: a bad one refuses the create before any volume is made
         if not v.named and not os.path.exists(v.source):

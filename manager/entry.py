@@ -9,6 +9,8 @@ events say, kept by the EventLog, and shown as `status`.
     attached   the shim serves the container; its death makes the entry lost
     lost       the shim died; the exit it recorded (or "shim-lost") is settled
     deleting   a delete is under way and owns the shim
+    relaunching  its shim went with the host (a reboot) and its restart policy has it run again: a new shim is
+               being made and owns it (manager/relaunch.py)
     removed    gone for good: no longer in the registry's table
 """
 
@@ -32,6 +34,7 @@ ATTACHED = "attached"
 LOST = "lost"
 DELETING = "deleting"
 REMOVED = "removed"
+RELAUNCHING = "relaunching"
 
 # (state, event) -> next state. Anything not listed is illegal.
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -44,6 +47,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (ATTACHED, "lose"): LOST,
     (ATTACHED, "delete"): DELETING,
     (LOST, "delete"): DELETING,
+    (LOST, "relaunch"): RELAUNCHING,
+    (RELAUNCHING, "created"): ATTACHED,
+    (RELAUNCHING, "lose"): LOST,  # the new shim could not run it: lost as before, with its last exit
     (DELETING, "delete_failed"): ATTACHED,  # the shim refused and still serves the container
     (DELETING, "removed"): REMOVED,
 }
@@ -95,13 +101,18 @@ class Deleting(EntryState):
     reachable = True
 
 
+class Relaunching(EntryState):
+    name = RELAUNCHING
+    reachable = True
+
+
 class Removed(EntryState):
     name = REMOVED
     listed = False
 
 
 STATES: dict[str, EntryState] = {s.name: s for s in (Restoring(), Creating(), Attached(), Lost(), Deleting(),
-                                                     Removed())}
+                                                     Relaunching(), Removed())}
 
 
 @dataclass
@@ -115,6 +126,7 @@ class Entry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pump: asyncio.Task | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set once a lost shim's exit is known
+    shim_gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when the connected shim's pidfd fires
     protocol: int = PROTOCOL  # what its shim speaks (an older shim outlives a manager upgrade)
 
     @property

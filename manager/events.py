@@ -14,9 +14,9 @@ import logging
 import time
 
 from shimproto import journal
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
+from shimproto.model import CREATED, PAUSED, RESTARTING, RUNNING, STOPPED
 
-OBSERVED = ("status", "pid", "exit", "started_at")
+OBSERVED = ("status", "pid", "exit", "started_at", "restart_count", "health")
 log = logging.getLogger("shimd.manager")
 
 
@@ -53,9 +53,10 @@ class EventLog:
         if ev.get("exec_id"):
             return
         st = self.state.setdefault(id, {"status": "unknown"})
-        if t == "create":
+        if t == "create":  # a new run: what its predecessors counted stays
+            kept = {k: st[k] for k in ("restart_count",) if k in st}
             st.clear()
-            st.update(status=CREATED, pid=ev.get("pid", 0))
+            st.update(status=CREATED, pid=ev.get("pid", 0), **kept)
         elif t == "start":
             st.update(status=RUNNING, pid=ev.get("pid", st.get("pid", 0)), started_at=ev.get("time", 0))
         elif t == "paused":
@@ -64,6 +65,10 @@ class EventLog:
             st["status"] = RUNNING
         elif t == "exit" and isinstance(ev.get("exit"), dict):
             st.update(status=STOPPED, exit=ev["exit"])
+        elif t == "restart":
+            st.update(status=RESTARTING, restart_count=ev.get("count", 0))
+        elif t == "health_status":
+            st["health"] = ev.get("status")
 
     def status(self, id: str) -> dict:
         """The live status dict of id (shared: updates to it are seen by every holder; only this class writes)."""

@@ -189,7 +189,7 @@ class Template:
 async def launch(id: str, state_dir: str, runtime: str, runtime_root: str) -> int:
     """Start the shim of id and return its pid once its socket is bound: forked from the template when one is
     serving, else cold."""
-    os.makedirs(state_dir, mode=0o711, exist_ok=True)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     t = template
     if t is not None and await t.wait_ready(WARM_WAIT):
         pid = await _launch_warm(t, id, state_dir, runtime, runtime_root)

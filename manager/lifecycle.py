@@ -18,11 +18,12 @@ import signal
 import time
 
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound, ShimdError, Unavailable
-from shimproto.model import CREATED, DELETED, STOPPED, check_id, parse_signal
+from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, check_id, parse_signal
+from shimproto.plans import MountPlan, NetworkPlan
 from shimproto.plant import planted
 from shimproto.spec import MOUNT_DATA_MAX, ContainerSpec, ShimCreate, overlay_data
 
-from . import attach, faults, launcher
+from . import attach, faults, launcher, restarts
 from .entry import CREATING, STATES, Entry
 from .registry import EVENT_POLL, SHIM_TIMEOUT, Registry, shim_alive, wait_gone
 from .store import Meta
@@ -104,10 +105,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             faults.point("create:intent")
             await r.launch_shim(e)
             faults.point("create:launched")
-            upper, work = r.store.fs(id)
-            req = ShimCreate(spec=spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(id),
-                             cgroups_path=meta.cgroup, files_dir=r.store.dir(id), network=network,
-                             mounts=mounts)
+            req = shim_request(r, meta, network, mounts)
             await r.call(e, "create", req.to_wire(), timeout=30.0, key=step(key, "create"))
             faults.point("create:created")
             if and_start and not planted("create-skips-start"):  # planted: answered as started, left created
@@ -119,7 +117,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             if planted("failed-create-leaves-container"):  # kept and listed, as if it had worked
                 r.add(e), e.move("created")  # type: ignore[func-returns-value]
                 raise
-            pid = e.shim_pid if e.client is not None else 0
+            pid = e.shim_pid if e.client is not None and shim_alive(e.shim_pid, id) else 0  # dead: no shutdown
             r.disconnect(e)
             await rollback_create(r, e, pid)
             raise
@@ -133,6 +131,13 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     if spec.auto_remove and and_start:
         watch_auto_remove(r, e)
     return e
+
+
+def shim_request(r: Registry, meta: Meta, network: NetworkPlan, mounts: list[MountPlan]) -> ShimCreate:
+    upper, work = r.store.fs(meta.id)
+    return ShimCreate(spec=meta.spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(meta.id),
+                      cgroups_path=meta.cgroup or f"/shimd/{meta.id}", files_dir=r.store.dir(meta.id), network=network,
+                      mounts=mounts)
 
 
 async def rollback_create(r: Registry, e: Entry, pid: int) -> None:
@@ -164,7 +169,7 @@ async def start(r: Registry, e: Entry, key: str = "") -> None:
     """Start a created container, or run a stopped one again (as docker start does)."""
     async with e.lock:
         probe = await r.probe(e, timeout=5.0)
-        if probe.status == STOPPED:
+        if probe.status in (STOPPED, RESTARTING):  # a back-off under way is dropped: it runs now
             if e.protocol < RESTART_PROTOCOL:
                 raise InvalidState(f"cannot start stopped container {e.id} again: its shim predates restart "
                                    f"(protocol {e.protocol}); remove it and run it again")
@@ -172,6 +177,7 @@ async def start(r: Registry, e: Entry, key: str = "") -> None:
         else:
             st = await r.call(e, "start", timeout=30.0, key=step(key, "start"))
         r.events.observe(e.id, st)  # type: ignore[arg-type]
+        restarts.user_start(r.store.dir(e.id))
     if e.meta.spec.auto_remove:
         watch_auto_remove(r, e)
 
@@ -180,8 +186,13 @@ async def stop(r: Registry, e: Entry, grace: float, key: str = "") -> dict | Non
     """The stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after grace seconds, as docker stop;
     the exit (None if it never ran)."""
     probe = await r.probe(e, timeout=5.0)
+    restarts.user_kill(r.store.dir(e.id), e.meta.spec, int(signal.SIGKILL))  # a stop is the user's, whatever it sends
     if probe.status == STOPPED or e.lost:
         return e.exit
+    if probe.status == RESTARTING:  # the shim drops the back-off, or kills the run it is making once it runs
+        await r.call(e, "kill", {"signal": int(signal.SIGKILL)}, key=step(key, "kill"))
+        res = await r.call(e, "wait", {"timeout": 30.0}, timeout=40.0)
+        return res.get("exit")  # type: ignore[union-attr]
     if probe.status != CREATED and grace > 0:
         sig = parse_signal(e.meta.spec.stop_signal) if e.meta.spec.stop_signal else int(signal.SIGTERM)
         await r.call(e, "kill", {"signal": sig}, key=step(key, "term"))

@@ -86,7 +86,8 @@ class Networks:
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "networks")
         self.ipam_dir = os.path.join(self.dir, "ipam")
-        os.makedirs(self.dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # root's alone: runc and the CNI plugins run as root
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.json")

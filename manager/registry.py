@@ -24,7 +24,7 @@ from shimproto.model import STOPPED, ExitStatus, rfc3339
 from shimproto.plant import planted
 from shimproto.rpc import AsyncClient
 
-from . import faults, launcher
+from . import faults, launcher, restarts
 from .entry import Entry
 from .events import EventLog
 from .networks import Networks, published, read_record
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shimd.manager")
 
 SHIM_TIMEOUT = 10.0
+DYING_REPLY_GRACE = 0.5  # how long a call waits for a reply its shim may have sent just before it died
 EVENT_POLL = 30.0
 
 
@@ -181,15 +182,18 @@ class Registry:
     def connect(self, e: Entry, shim_pid: int) -> None:
         e.shim_pid = shim_pid
         e.client = self.shim_client(e.id)
+        e.shim_gone.clear()
         try:
             e.pidfd = os.pidfd_open(shim_pid)
         except ProcessLookupError:
+            e.shim_gone.set()
             self.background(self.shim_died(e))
             return
         asyncio.get_running_loop().add_reader(e.pidfd, self._pidfd_ready, e)
 
     def _pidfd_ready(self, e: Entry) -> None:
         self._close_pidfd(e)
+        e.shim_gone.set()  # a call of an operation that owns the shim (a create) fails now, not at its timeout
         self.background(self.shim_died(e))
 
     def _close_pidfd(self, e: Entry) -> None:
@@ -219,14 +223,32 @@ class Registry:
         if e.client is None:
             raise Unavailable(f"the shim of {e.id} is gone")
         try:
-            return await e.client.call(method, {"id": e.id, **(params or {}), **({"key": key} if key else {})},
-                                       timeout)
+            reply = e.client.call(method, {"id": e.id, **(params or {}), **({"key": key} if key else {})}, timeout)
+            if e.state.watches_shim:  # its death disconnects the client, which fails the call
+                return await reply
+            return await self._unless_shim_dies(e, method, reply)
         except DeadlineExceeded:
             if not shim_alive(e.shim_pid, e.id):
                 await self.shim_died(e)
                 raise Unavailable(f"the shim of {e.id} died") from None
             raise DeadlineExceeded(f"the shim of {e.id} (pid {e.shim_pid}) did not answer {method} "
                                    f"in time; it may be hung") from None
+
+    async def _unless_shim_dies(self, e: Entry, method: str, reply) -> object:  # type: ignore[no-untyped-def]
+        """reply's result, or Unavailable as soon as the shim dies: an operation that owns the shim (create,
+        delete, restore) is not kept waiting for its timeout by a shim that can no longer answer."""
+        call = asyncio.ensure_future(reply)
+        gone = asyncio.ensure_future(e.shim_gone.wait())
+        try:
+            await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():
+                await asyncio.wait({call}, timeout=DYING_REPLY_GRACE)
+            if not call.done():
+                raise Unavailable(f"the shim of {e.id} (pid {e.shim_pid}) died during {method}")
+            return call.result()
+        finally:
+            gone.cancel()
+            call.cancel()
 
     # --- events --------------------------------------------------------------------------------------------
 
@@ -331,6 +353,7 @@ class Registry:
             "network": spec.network,
             "ip": net.get("ip", ""),
             "ports": [p.to_wire() for p in published(net)],
+            **restarts.view(spec, st),
         }
         if probe and probe.error is not None and not e.lost:
             out["error"] = probe.error.message

@@ -18,7 +18,7 @@ from shimproto.errors import DeadlineExceeded, ShimdError, Unavailable
 from shimproto.model import RUNNING
 from shimproto.plant import planted
 
-from . import faults, launcher
+from . import faults, launcher, relaunch
 from .entry import Entry
 from .lifecycle import finish_delete, rollback_create, shutdown_shim, step, watch_auto_remove
 from .registry import Registry, read_pid, shim_alive
@@ -35,6 +35,7 @@ async def restore(r: Registry) -> dict:
         if id not in r.entries:
             r.add(Entry(Meta.placeholder(id)))
     faults.point("restore:scanned")
+    shim_dirs = relaunch.shim_dirs(r)  # none after a reboot (a tmpfs --state)
     counts = {"running": 0, "lost": 0, "rolled_back": 0, "kept": 0, "rolled_forward": 0, "thawed": 0, "orphans": 0}
     jobs = []
     for i, e in enumerate(list(r.entries.values())):
@@ -43,6 +44,9 @@ async def restore(r: Registry) -> dict:
         jobs.append(_restore_one(r, e, counts))
     await asyncio.gather(*jobs)
     counts["orphans"] = await _orphan_shims(r)
+    for e in [e for e in r.entries.values() if relaunch.wanted(r, e, e.id in shim_dirs)]:
+        r.background(relaunch.relaunch(r, e))
+        counts["relaunched"] = counts.get("relaunched", 0) + 1
     for e in r.entries.values():
         if e.meta.spec.auto_remove:
             watch_auto_remove(r, e)

@@ -93,9 +93,12 @@ class Store:
         self.runc_root = os.path.join(state, "runc")
         self.intents = os.path.join(state, "intents")
         self.requests = os.path.join(state, "requests")
-        for d in (root, state, self.containers, self.shims, self.runc_root, self.intents, self.requests):
-            os.makedirs(d, mode=0o711, exist_ok=True)
-            os.chmod(d, 0o711)  # never world-writable
+        # root and state: 0711, so a socket_group member reaches the API socket (named, not listed); what is
+        # under them is root's alone (docs/architecture.md, "Threat model")
+        for d, mode in ((root, 0o711), (state, 0o711), (self.containers, 0o700), (self.shims, 0o700),
+                        (self.runc_root, 0o700), (self.intents, 0o700), (self.requests, 0o700)):
+            os.makedirs(d, mode=mode, exist_ok=True)
+            os.chmod(d, mode)  # also a tree made by an older manager
 
     def dir(self, id: str) -> str:
         return os.path.join(self.containers, id)
@@ -148,7 +151,7 @@ class Store:
         return sorted(n for n in os.listdir(self.intents) if ID_RE.fullmatch(n))
 
     def save(self, meta: Meta) -> None:
-        os.makedirs(self.dir(meta.id), mode=0o711, exist_ok=True)
+        os.makedirs(self.dir(meta.id), mode=0o700, exist_ok=True)  # the log, the writable layer: root's alone
         write_json(os.path.join(self.dir(meta.id), "meta.json"), meta.to_json())
 
     def load_all(self) -> list[Meta]:

@@ -20,7 +20,8 @@ DATA = "_data"
 class Volumes:
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "volumes")
-        os.makedirs(self.dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # root's alone: runc and the CNI plugins run as root
 
     def data(self, name: str) -> str:
         return os.path.join(self.dir, name, DATA)

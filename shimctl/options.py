@@ -5,6 +5,7 @@ Each parser is pure and raises argparse.ArgumentTypeError (as an argparse `type=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -106,6 +107,53 @@ def env_list(items: list[str]) -> list[str]:
     return out
 
 
+def parse_swap(text: str) -> int:
+    """--memory-swap: a size, or -1 for unlimited swap."""
+    return -1 if text.strip() == "-1" else parse_size(text)
+
+
+def parse_cpus(text: str) -> int:
+    """--cpus 1.5 -> nanoCPUs (docker's NanoCPUs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --cpus {text!r}: use a number like 0.5 or 2") from None
+    if not value > 0 or value > 2**32:
+        raise argparse.ArgumentTypeError(f"invalid --cpus {text!r}: must be positive")
+    return round(value * 1e9)
+
+
+def env_file(path: str) -> list[str]:
+    """docker's --env-file: NAME=VALUE lines (the value as written, no quotes taken off), NAME alone takes our own
+    value (skipped when unset), blank lines and lines starting with # skipped."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise Usage(f"--env-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    out = []
+    for n, raw in enumerate(lines, 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.partition("=")[0]
+        if not name or any(c.isspace() for c in name):
+            raise Usage(f"--env-file {path}, line {n}: invalid variable name {name!r}")
+        out.append(line)
+    return env_list(out)
+
+
+def key_values(items: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE flags (--sysctl) -> a map; a missing = is refused."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Usage(f"invalid {flag} {item!r}: use KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def log_opts(opts: list[str]) -> dict:
     """--log-opt max-size=SIZE / max-file=N -> the spec's log_max_size / log_max_files."""
     out: dict = {}
@@ -123,3 +171,28 @@ def log_opts(opts: list[str]) -> dict:
 def command(args: list[str]) -> list[str]:
     """argparse.REMAINDER keeps a leading `--`: drop it."""
     return args[1:] if args and args[0] == "--" else list(args)
+
+
+def security_opts(opts: list[str], max_size: int = 256 * 1024) -> list[str]:
+    """--security-opt as sent: seccomp=PATH becomes seccomp=<the file's JSON>, as docker's CLI does (the manager
+    and the shim never read a client's path)."""
+    out = []
+    for opt in opts:
+        key, sep, value = opt.partition("=") if opt.startswith("seccomp=") else opt.partition(":")
+        if key != "seccomp" or not sep or value == "unconfined" or value.lstrip().startswith("{"):
+            out.append(opt)
+            continue
+        try:
+            with open(value, "rb") as f:
+                data = f.read(max_size + 1)
+        except OSError as e:
+            raise Usage(f"--security-opt seccomp={value}: {e.strerror}") from None
+        if len(data) > max_size:
+            raise Usage(f"--security-opt seccomp={value}: the profile is over {max_size // 1024} KiB")
+        try:
+            if not isinstance(json.loads(data), dict):
+                raise ValueError("an array or a value")
+        except ValueError as e:  # UnicodeDecodeError too
+            raise Usage(f"--security-opt seccomp={value}: not a JSON object: {e}") from None
+        out.append("seccomp=" + data.decode())
+    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
+from shimproto.model import CREATED, HEALTH_STARTING, PAUSED, RESTARTING, RUNNING, STOPPED
 
 
 def table(headers: list[str], rows: list[list[object]], gap: int = 3) -> str:
@@ -73,9 +73,9 @@ def ago(text: str | None, now: float) -> str:
 
 
 def status(c: dict, now: float) -> str:
-    """The STATUS column of `ps`: "Up 5 minutes", "Up 5 minutes (Paused)", "Exited (137) 2 seconds ago",
-    "Created"; from a list or inspect view. " (metadata unreadable)" after it when its meta.json could not be read
-    (inspect says why)."""
+    """The STATUS column of `ps`: "Up 5 minutes", "Up 5 minutes (Paused)", "Up 2 minutes (healthy)", "Exited (137)
+    2 seconds ago", "Restarting (1) 2 seconds ago", "Created"; from a list or inspect view. " (metadata
+    unreadable)" after it when its meta.json could not be read (inspect says why)."""
     text = _status(c, now)
     return f"{text} (metadata unreadable)" if c.get("metadata_error") else text
 
@@ -85,7 +85,12 @@ def _status(c: dict, now: float) -> str:
     if st in (RUNNING, PAUSED):
         since = c.get("started_at") or c.get("created_at")
         up = f"Up {human_duration(max(0.0, now - parse_rfc3339(since)))}" if since else "Up"
-        return up + (" (Paused)" if st == PAUSED else "")
+        health = (c.get("health") or {}).get("status")
+        if st == PAUSED:
+            return up + " (Paused)"
+        return up + (" (health: starting)" if health == HEALTH_STARTING else f" ({health})" if health else "")
+    if st == RESTARTING:
+        return f"Restarting ({c.get('exit_code')}) {ago(c.get('exited_at'), now)}".rstrip()
     if st == STOPPED:
         code = c.get("exit_code")
         out = "Exited" if code is None else f"Exited ({code})"

@@ -25,9 +25,10 @@ from .cli import POLL, Cli
 DETACH_POLL = 0.5  # seconds a page may wait while detach keys are watched: how late a detach is noticed
 
 
-def wait_exit(cli: Cli, id: str, exec_id: str = "") -> int:
+def wait_exit(cli: Cli, id: str, exec_id: str = "", run: int = 0) -> int:
+    """The exit code of the process (with run: of that run of the container, though its policy restarted it)."""
     while True:
-        res = cli.call("wait", {"id": id, "exec_id": exec_id, "timeout": POLL}, timeout=POLL + 15)
+        res = cli.call("wait", {"id": id, "exec_id": exec_id, "timeout": POLL, "run": run}, timeout=POLL + 15)
         if res["exited"]:  # type: ignore[index]
             return int(res["exit_code"])  # type: ignore[index]
 
@@ -158,9 +159,9 @@ def pin(cli: Cli, id: str, exec_id: str = "") -> int:
 
 
 def attach(cli: Cli, id: str, exec_id: str, cursor: int, stdin: bool, tty: bool,
-           detach_keys: bytes = b"") -> int | None:
-    """Stream the process's output from cursor until it exits, feeding it our stdin; its exit code, or None when
-    our stdin carried the detach keys (the process runs on)."""
+           detach_keys: bytes = b"", run: int = 0) -> int | None:
+    """Stream the process's output from cursor until it exits, feeding it our stdin; its exit code (of that run
+    of the container, when run is known), or None when our stdin carried the detach keys (the process runs on)."""
     detached = threading.Event() if detach_keys and stdin else None
     if stdin:
         pump = StdinPump(cli, id, exec_id, detach_keys, detached)
@@ -168,7 +169,7 @@ def attach(cli: Cli, id: str, exec_id: str, cursor: int, stdin: bool, tty: bool,
     with _terminal(cli, id, exec_id) if tty and stdin else nullcontext():
         if not print_logs(cli, id, True, exec_id, cursor, stop=detached):
             return None
-    return wait_exit(cli, id, exec_id)
+    return wait_exit(cli, id, exec_id, run)
 
 
 class StdinPump:

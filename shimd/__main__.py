@@ -72,7 +72,9 @@ def _report(fd: int | None, line: str) -> None:
 
 
 def _logger(cfg: ShimConfig) -> logging.LoggerAdapter:
-    handler = logging.FileHandler(os.path.join(cfg.state_dir, "shim.log"))
+    path = os.path.join(cfg.state_dir, "shim.log")
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))  # owner-only before logging opens it
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(cid)s] %(message)s"))
     root = logging.getLogger("shimd")
     root.handlers[:] = [handler]
@@ -137,7 +139,7 @@ def serve(cfg: ShimConfig, prepared: bool = False) -> int:
 def start(cfg: ShimConfig) -> int:
     import daemon
 
-    os.makedirs(cfg.state_dir, mode=0o711, exist_ok=True)
+    os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
     ctx = daemon.DaemonContext(
         detach_process=True, working_directory="/", umask=0o022, signal_map={},
         files_preserve=[cfg.ready_fd] if cfg.ready_fd is not None else [],
@@ -175,7 +177,7 @@ def spare(link: socket.socket) -> int:
         try:
             take_cold_line(req, ready_fd)
             cfg = _forked_config(req, ready_fd)
-            os.makedirs(cfg.state_dir, mode=0o711, exist_ok=True)
+            os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         except Exception as e:
             _report(ready_fd, f"error spare shim: {type(e).__name__}: {e}")
             return 1

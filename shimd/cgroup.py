@@ -85,6 +85,10 @@ class OomWatch:
             os.read(self._fds[0], 8)  # type: ignore[index]
         except BlockingIOError:
             return
+        if self.memcg is not None and not os.path.isdir(self.memcg[0]):
+            # the kernel signals the eventfd when the cgroup is removed too (runc delete): that is no OOM
+            self.close()
+            return
         self._on_oom()
 
     def kills(self) -> int:

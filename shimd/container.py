@@ -18,20 +18,22 @@ import os
 import shutil
 import signal
 
-from runtime.bundle import DEFAULT_ENV, Spec, write_bundle
+from runtime.bundle import write_bundle
 from runtime.cni import Cni
 from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
 from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
 from shimproto.fsutil import read_json
-from shimproto.model import CREATED, DELETED, STOPPED, ExitStatus, check_id
+from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, ExitStatus, check_id
 from shimproto.spec import ShimCreate
 
+from . import ocispec
 from . import sys as _sys
 from .cgroup import OomWatch
 from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
 from .events import Journal
+from .health import Health
 from .io.log import LogWriter
 from .io.stdio import ProcessIO
 from .mounts import oci_mounts
@@ -39,6 +41,7 @@ from .net import ShimNetwork
 from .process.context import ExitHooks, ProcessContext
 from .process.process import ExecProcess, InitProcess, Process
 from .reaper import Reaper
+from .restart import Restarts
 from .users import resolve_user
 
 EXIT_FILE = "exit.json"
@@ -66,6 +69,9 @@ class Container:
         self._torn_down = False
         self._delete_lock = asyncio.Lock()
         self.net = ShimNetwork(id, state_dir, Cni(reaper, tmp_dir=state_dir), log)
+        self.restarts = Restarts(self.journal, log, lambda: self._new_run(True),
+                                 lambda: self._init().kill(signal.SIGKILL, True))
+        self.health = Health(self.ctx, state_dir)
 
     # --- lookups -------------------------------------------------------------------------------------------
 
@@ -91,22 +97,20 @@ class Container:
             if not os.path.isdir(lower):
                 raise InvalidArgument(f"rootfs {lower} is not a directory")
         spec = req.spec
-        for d in (req.upper, req.work, self.rootfs, os.path.dirname(req.log_path)):
+        # the writable layer and the log are root's alone; upper itself keeps 0711 (it is the container's /)
+        for d in (os.path.dirname(req.upper), os.path.dirname(req.log_path), self.bundle):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        for d in (req.upper, req.work, self.rootfs):
             os.makedirs(d, mode=0o711, exist_ok=True)
         _sys.mount_overlay(req.lower, req.upper, req.work, self.rootfs)
         try:
             hostname = spec.hostname or self.id
             await self.net.attach(req.network, req.files_dir)
             hosts = hosts_text(hostname, self.net.ip, host_lines(spec, req.network.peers))
-            write_bundle(self.bundle, Spec(
-                args=spec.args, env=spec.env or list(DEFAULT_ENV), cwd=spec.cwd or "/", hostname=hostname,
-                cgroups_path=req.cgroups_path or f"/shimd/{self.id}", terminal=spec.tty,
-                memory_limit=spec.memory_limit, pids_limit=spec.pids_limit,
-                binds=write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) +
-                oci_mounts(self.rootfs, req.mounts),
-                netns=self.net.netns(), readonly_rootfs=spec.read_only,
-                user=resolve_user(self.rootfs, spec.user) if spec.user else None,
-            ))
+            binds = write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) + \
+                oci_mounts(self.rootfs, req.mounts)
+            write_bundle(self.bundle, ocispec.build(self.id, req, self.rootfs, binds, self.net.netns()))
             self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
             self.init = await self._create_init(req)
         except BaseException:
@@ -117,6 +121,8 @@ class Container:
             raise
         self.req = req
         self.log_path = req.log_path
+        self.restarts.configure(spec)
+        self.health.configure(spec)
 
     async def _create_init(self, req: ShimCreate) -> InitProcess:
         """`runc create` of one run of the container on the bundle already written; the log is self._writer."""
@@ -142,6 +148,11 @@ class Container:
         return init
 
     async def restart(self, start: bool) -> None:
+        """The user runs a stopped container again (a back-off under way is dropped): see _new_run."""
+        self.restarts.user_start()
+        await self._new_run(start)
+
+    async def _new_run(self, start: bool) -> None:
         """A new run of a stopped container: `runc delete` of the old one, create (and start) again with the same
         bundle, writable layer, log (appended to) and stdio set-up. If the new run cannot be created, the
         container stays stopped with its last exit."""
@@ -162,7 +173,7 @@ class Container:
 
             await old.restart(next_run)  # refused unless stopped: "cannot restart a running container"
         if start:
-            await self.start()
+            await self._start_run()
 
     def _end_run(self) -> None:
         """What belongs to one run only: its exec processes and its OOM watch."""
@@ -194,10 +205,18 @@ class Container:
     # --- container operations ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._init().start()
+        self.restarts.user_start()
+        await self._start_run()
+
+    async def _start_run(self) -> None:
+        init = self._init()
+        await init.start()
+        self.restarts.run_started(init)
+        self.health.run_started(init)
 
     async def kill(self, sig: int, all: bool, exec_id: str = "") -> None:
-        await self.process(exec_id).kill(sig, all)
+        if exec_id or not self.restarts.user_kill(sig):  # True: a back-off dropped, no run to signal
+            await self.process(exec_id).kill(sig, all)
 
     async def pause(self) -> None:
         init = self._init()
@@ -302,6 +321,7 @@ class Container:
             await p.delete()
             self.execs.pop(exec_id, None)
             return p.exit
+        self.restarts.close()
         async with self._delete_lock:
             init = self._init()
             if init.state.name == CREATED:  # kill the waiting init first; its exit makes the container stopped
@@ -325,6 +345,7 @@ class Container:
         """After the init is deleted: unmount and remove the shim's state (its socket, pid and log stay until
         exit)."""
         self._torn_down = True
+        self.health.close()  # (delete closed the restart policy before it took the lock)
         self._end_run()
         if self._writer is not None:
             self._writer.close()
@@ -347,7 +368,8 @@ class Container:
     def describe(self) -> dict:
         init = self._init()
         return {
-            **init.describe(),
+            **init.describe(), **self.restarts.describe(), **self.health.describe(),
+            **({"status": RESTARTING} if self.restarts.pending else {}),
             "id": self.id,
             "shim_pid": os.getpid(),
             "bundle": self.bundle,

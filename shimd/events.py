@@ -3,7 +3,9 @@
 `events since=N` later gets every event after N exactly once, in order, whenever it asks. The journal lives in
 --state (tmpfs in production): it must survive any process crash, not a reboot, so it is written, not fsynced.
 
-Types: create, start, exec-added, exec-started, exit, oom, paused, resumed, delete.
+Types: create, start, exec-added, exec-started, exit, oom, paused, resumed, delete; restart (the restart policy
+runs the container again after a back-off: {count, delay_ms, exit_code}), health_status ({status, failing_streak}:
+the health check's verdict changed, or a run began `starting`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 from shimproto import journal
 
 log = logging.getLogger("shimd")
-TYPES = ("create", "start", "exec-added", "exec-started", "exit", "oom", "paused", "resumed", "delete")
+TYPES = ("create", "start", "exec-added", "exec-started", "exit", "oom", "paused", "resumed", "delete", "restart",
+         "health_status")
 
 
 class Journal:

@@ -17,6 +17,7 @@ from shimproto import errors as wire
 from shimproto.cri import ReadOpts
 from shimproto.model import parse_signal
 from shimproto.plant import planted
+from shimproto.policy import RestartPolicy
 from shimproto.spec import ShimCreate
 from shimproto.version import PROTOCOL
 from shimproto.wire import MAX_MESSAGE, Params
@@ -126,20 +127,28 @@ class ShimService:
         await self.c.resume()
 
     async def update(self, p: Params) -> None:
-        memory, pids = p.int("memory_limit"), p.int("pids_limit")
-        if memory is None and pids is None:
-            raise wire.InvalidArgument("update: give a memory limit, a pids limit or both")
+        """memory_limit, pids_limit (of a running container), restart (a policy's text; in any state)."""
+        memory, pids, restart = p.int("memory_limit"), p.int("pids_limit"), p.str("restart")
+        policy = RestartPolicy.parse(restart) if restart is not None else None
+        if memory is None and pids is None and policy is None:
+            raise wire.InvalidArgument("update: give a memory limit, a pids limit or a restart policy")
         if memory is not None and memory < 4 * 1024 * 1024:
             raise wire.InvalidArgument(f"update: memory limit {memory} is below the minimum of 4 MiB")
         if pids is not None and pids < 1:
             raise wire.InvalidArgument(f"update: pids limit {pids} must be at least 1")
-        await self.c.update(memory, pids)
+        if memory is not None or pids is not None:
+            await self.c.update(memory, pids)
+        if policy is not None:
+            self.c.restarts.policy = policy
 
     async def stats(self, p: Params) -> dict:
         return await self.c.stats()
 
     async def wait(self, p: Params) -> dict:
-        return await self.c.process(p.str("exec_id", "")).wait(_timeout(p))
+        """run (a run number from state, 0: none): that run's exit once it is over, though a restart followed."""
+        if exec_id := p.str("exec_id", ""):
+            return await self.c.process(exec_id).wait(_timeout(p))
+        return await self.c.restarts.wait(self.c.process, p.int("run", 0), _timeout(p))
 
     async def logs(self, p: Params) -> dict:
         """Records from cursor; tail >= 0 starts at the last `tail` lines instead; since/until (unix ns, 0:

@@ -21,7 +21,13 @@ RUNNING = "running"
 PAUSED = "paused"
 STOPPED = "stopped"
 DELETED = "deleted"  # a shim's container after `runc delete`: the shim is on its way out
-STATUSES = (CREATED, RUNNING, PAUSED, STOPPED)
+RESTARTING = "restarting"  # its last run exited and its restart policy runs it again after a back-off
+STATUSES = (CREATED, RUNNING, PAUSED, STOPPED, RESTARTING)
+
+# a health check's verdict on a run (shimd/health.py)
+HEALTH_STARTING = "starting"
+HEALTHY = "healthy"
+UNHEALTHY = "unhealthy"
 
 
 def check_id(value: object, what: str = "container id") -> str:

@@ -8,9 +8,10 @@ paths only the manager knows. Nothing renames a field on the way.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 
-from . import plans
+from . import plans, policy, runflags
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -53,6 +54,22 @@ class ContainerSpec:
     read_only: bool = False
     add_hosts: list[str] = field(default_factory=list)  # HOST:IP lines for /etc/hosts
     dns: list[str] = field(default_factory=list)  # nameservers for /etc/resolv.conf instead of the host's
+    # resources, security and the process (docker's texts where docker takes text: shimproto.runflags parses them)
+    nano_cpus: int | None = None  # --cpus times 1e9
+    cpu_shares: int | None = None
+    memory_swap: int | None = None  # memory + swap; -1: unlimited; None: no swap (memory_swap = memory_limit)
+    shm_size: int | None = None  # /dev/shm's size; None: 64 MiB
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    security_opt: list[str] = field(default_factory=list)
+    init: bool = False  # tini as PID 1, bind-mounted from the host
+    stop_timeout: int | None = None  # seconds stop waits after the stop signal; None: the manager's default
+    ulimits: list[str] = field(default_factory=list)  # NAME=SOFT[:HARD]
+    devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER][:rwm]
+    sysctls: dict[str, str] = field(default_factory=dict)
+    restart: str = ""  # docker's --restart text ("" : no); shimproto.policy
+    healthcheck: dict | None = None  # docker's health config map (None: the image's); shimproto.policy
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -74,7 +91,13 @@ class ContainerSpec:
             user=p.str("user", ""), stop_signal=p.str("stop_signal", ""), labels=p.map("labels", {}),
             network=p.str("network", ""), publish=p.strlist("publish"),
             volumes=p.strlist("volumes"), tmpfs=p.strlist("tmpfs"), read_only=p.bool("read_only"),
-            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"),
+            add_hosts=p.strlist("add_hosts"), dns=p.strlist("dns"), restart=p.str("restart", ""),
+            healthcheck=policy.check_health(raw.get("healthcheck"), f"{what}: healthcheck"),
+            nano_cpus=p.int("nano_cpus"), cpu_shares=p.int("cpu_shares"), memory_swap=p.int("memory_swap"),
+            shm_size=p.int("shm_size"), cap_add=p.strlist("cap_add"), cap_drop=p.strlist("cap_drop"),
+            privileged=p.bool("privileged"), security_opt=p.strlist("security_opt"), init=p.bool("init"),
+            stop_timeout=p.int("stop_timeout"), ulimits=p.strlist("ulimits"), devices=p.strlist("devices"),
+            sysctls=p.map("sysctls", {}),
         )
         spec.check()
         return spec
@@ -97,6 +120,38 @@ class ContainerSpec:
             raise InvalidArgument("labels must map strings to strings")
         plans.check_request(self.network, self.publish, self.volumes, self.tmpfs)
         plans.check_names(self.add_hosts, self.dns)
+        policy.check_restart(self.restart, self.auto_remove)
+        policy.check_health(self.healthcheck)
+        self._check_run_flags()
+
+    def _check_run_flags(self) -> None:
+        if self.nano_cpus is not None and not 10**7 <= self.nano_cpus <= (os.cpu_count() or 1) * 10**9:
+            raise InvalidArgument(f"--cpus {self.nano_cpus / 1e9:g}: the range is 0.01 to "
+                                  f"{os.cpu_count() or 1}, the CPUs this host has")
+        if self.cpu_shares is not None and not 0 <= self.cpu_shares <= 262144:
+            raise InvalidArgument(f"--cpu-shares {self.cpu_shares} must be between 2 and 262144 (0: the default)")
+        if self.memory_swap is not None and self.memory_swap != -1:
+            if self.memory_limit is None:
+                raise InvalidArgument("--memory-swap needs --memory: it is the memory limit plus swap")
+            if not self.memory_limit <= self.memory_swap <= MAX_LIMIT:
+                raise InvalidArgument(f"--memory-swap {self.memory_swap} must be at least --memory "
+                                      f"({self.memory_limit}), or -1 for unlimited swap")
+        if self.shm_size is not None and not 0 < self.shm_size <= MAX_LIMIT:
+            raise InvalidArgument(f"--shm-size {self.shm_size} must be positive")
+        if self.stop_timeout is not None and not 0 <= self.stop_timeout <= 3600:
+            raise InvalidArgument(f"--stop-timeout {self.stop_timeout} must be between 0 and 3600 seconds")
+        runflags.capabilities(self.cap_add, self.cap_drop, ())  # every name known
+        runflags.security_opts(self.security_opt)
+        for text in self.ulimits:
+            runflags.Ulimit.parse(text)
+        if len({runflags.Ulimit.parse(t).name for t in self.ulimits}) != len(self.ulimits):
+            raise InvalidArgument("the same --ulimit is given twice")
+        for text in self.devices:
+            runflags.DeviceSpec.parse(text)
+        for key, value in self.sysctls.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise InvalidArgument("sysctls must map strings to strings")
+            runflags.check_sysctl(key, value, self.network)
 
 
 @dataclass

@@ -34,7 +34,8 @@ from tests.harness import REPO
 
 CACHE = "/var/cache/shimd-tests"
 SUITE = "bookworm"
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "runc", "busybox-static"]
+PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "runc", "busybox-static",
+            "containernetworking-plugins", "iptables"]  # containers get the bridge network by default
 VENV = "/opt/shimd"
 INNER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
              "HOME": "/root", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}

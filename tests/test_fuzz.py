@@ -66,14 +66,20 @@ SPEC_SCHEMA: dict[str, str] = {  # shimproto.spec.ContainerSpec, the `spec` map 
     "args": "strlist", "id": "str", "image": "str", "rootfs": "str", "env": "strlist", "cwd": "str",
     "hostname": "str", "tty": "bool", "stdin": "bool", "memory_limit": "int", "pids_limit": "int",
     "log_max_size": "int", "log_max_files": "int", "auto_remove": "bool", "entrypoint": "strlist", "user": "str",
-    "stop_signal": "str", "labels": "map",
+    "stop_signal": "str", "labels": "map", "network": "str", "publish": "strlist", "volumes": "strlist",
+    "tmpfs": "strlist", "read_only": "bool", "add_hosts": "strlist", "dns": "strlist", "nano_cpus": "int",
+    "cpu_shares": "int", "memory_swap": "int", "shm_size": "int", "cap_add": "strlist", "cap_drop": "strlist",
+    "privileged": "bool", "security_opt": "strlist", "init": "bool", "stop_timeout": "int", "ulimits": "strlist",
+    "devices": "strlist", "sysctls": "map", "restart": "str", "healthcheck": "map",
 }
+NETWORK_PLAN = {"mode": "str", "network": "str", "conflist": "map", "ports": "strlist", "join": "str",
+                "peers": "strlist"}  # shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
 
 KEYED = {"key": "str"}  # a mutating call's request key (every manager call reads it; a shim's mutating ones)
 
 SHIM_SCHEMA: dict[str, dict] = {
     "create": {"spec": SPEC_SCHEMA, "lower": "str", "upper": "str", "work": "str", "log_path": "str",
-               "cgroups_path": "str", "files_dir": "str", **KEYED},
+               "cgroups_path": "str", "files_dir": "str", "network": NETWORK_PLAN, "mounts": "strlist", **KEYED},
     "state": {}, "pids": {}, "stats": {}, "reopen_log": {}, "ping": {},
     "start": KEYED, "pause": KEYED, "resume": KEYED,
     "restart": {"start": "bool", **KEYED},
@@ -83,8 +89,9 @@ SHIM_SCHEMA: dict[str, dict] = {
     "write_stdin": {"exec_id": "str", "data": "bytes", **KEYED},
     "close_stdin": {"exec_id": "str", **KEYED},
     "resize": {"rows": "int", "cols": "int", "exec_id": "str", **KEYED},
-    "update": {"memory_limit": "int", "pids_limit": "int", **KEYED},
-    "wait": {"exec_id": "str", "timeout": "float"},
+    "update": {"memory_limit": "int", "pids_limit": "int", "restart": "str", **KEYED},
+    "wait": {"exec_id": "str", "timeout": "float", "run": "int"},
+    "hosts": {"peers": "strlist", **KEYED},
     "logs": {"exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "max_bytes": "int",
              "tail": "int", "since": "int", "until": "int", "timestamps": "bool"},
     "events": {"since": "int", "timeout": "float"},
@@ -97,7 +104,7 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
     "start": {"id": "str"}, "inspect": {"id": "str"}, "list": {"all": "bool"}, "ping": {},
     "version": {}, "info": {},
     "kill": {"id": "str", "signal": "signal", "all": "bool", "exec_id": "str"},
-    "wait": {"id": "str", "exec_id": "str", "timeout": "float"},
+    "wait": {"id": "str", "exec_id": "str", "timeout": "float", "run": "int"},
     "logs": {"id": "str", "exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "tail": "int",
              "since": "int", "until": "int", "timestamps": "bool"},
     "delete": {"id": "str", "force": "bool", "exec_id": "str"},
@@ -105,7 +112,10 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
              "stdin": "bool", "detach": "bool", "user": "str"},
     "pause": {"id": "str"}, "unpause": {"id": "str"}, "stats": {"id": "str"}, "top": {"id": "str"},
     "reopen_log": {"id": "str"},
-    "update": {"id": "str", "memory_limit": "int", "pids_limit": "int"},
+    "update": {"id": "str", "memory_limit": "int", "pids_limit": "int", "restart": "str"},
+    "network_create": {"name": "str", "subnet": "str"}, "network_list": {}, "network_inspect": {"name": "str"},
+    "network_remove": {"name": "str"}, "volume_create": {"name": "str"}, "volume_list": {},
+    "volume_inspect": {"name": "str"}, "volume_remove": {"name": "str"},
     "pull": {"ref": "str", "tls_verify": "bool", "authfile": "str", "platform": "str"},
     "push": {"ref": "str", "dest": "str", "tls_verify": "bool", "authfile": "str"},
     "images": {}, "image_inspect": {"ref": "str"}, "image_remove": {"ref": "str", "force": "bool"},
@@ -888,6 +898,9 @@ def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
             ("image_save", {"ref": "none", "path": "/nonexistent/x", "format": "docker"}),
             ("export", {"id": a}), ("export_read", {"stream": "none", "wait": 0}), ("transfers", {"ref": ""}),
             ("commit", {"id": a, "ref": "", "comment": "", "author": "", "pause": True}),
+            *[(f"{kind}_{verb}", params) for kind in ("network", "volume") for verb, params in (
+                ("create", {"name": "probe", **({"subnet": ""} if kind == "network" else {})}), ("list", {}),
+                ("inspect", {"name": "probe"}), ("remove", {"name": "probe"}))],
         ])
     finally:
         client.close()
@@ -898,7 +911,7 @@ def test_the_fuzz_schemas_are_exactly_what_the_handlers_read(bare_env):
                    [(m, {"timeout": 0} if m in LONG_POLLS else {"signal": "CONT"} if m == "kill" else {})
                     for m in ["ping", "state", "pids", "stats", "events", "logs", "wait", "reopen_log", "write_stdin",
                               "close_stdin", "resize", "update", "pause", "resume", "exec", "kill", "start",
-                              "create", "restart", "delete", "shutdown"]])
+                              "create", "restart", "delete", "shutdown", "hosts"]])
     finally:
         conn.close()
 

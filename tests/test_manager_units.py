@@ -58,7 +58,7 @@ def test_only_an_attached_or_lost_entry_may_start_a_delete_and_only_attached_wat
             with pytest.raises(InvalidState):
                 state.check_delete(e)
         assert state.watches_shim == (name == "attached")
-        assert state.reachable == (name in ("restoring", "creating", "attached", "deleting"))
+        assert state.reachable == (name in ("restoring", "creating", "attached", "deleting", "relaunching"))
 
 
 def _sources():

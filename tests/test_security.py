@@ -1,9 +1,13 @@
 """Probes of issue 14 that stay in CI: what one client can make a manager hold (point 7), odd input that once got
-a traceback or an internal error (point 6), crafted ids over the raw API."""
+a traceback or an internal error (point 6), crafted ids over the raw API, the modes of what holds secrets (point 5)
+checked as a user other than root."""
 
 from __future__ import annotations
 
 import os
+import pwd
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -110,3 +114,41 @@ def test_two_managers_never_touch_each_others_containers(env, bare_env):
     after = env.inspect(id)
     assert after["status"] == "running" and after["pid"] == mine["pid"] and psutil.pid_exists(mine["pid"])
     env.ok("rm", "-f", id)
+
+
+def test_secrets_are_root_only_on_disk(env):
+    """Point 5: config.json (every -e value), the writable layer, shim.log, meta.json and container.log are root's
+    alone; the root and state directories let others pass (the socket) but not list."""
+    c = env.name("secret")
+    env.ok("run", "-d", "--name", c, "-e", "TOKEN=hunter2", "busybox", "sh", "-c",
+           "echo written > /in-upper; echo logged; sleep 600")
+    cdir, sdir = os.path.join(env.root, "containers", c), os.path.join(env.state, "shims", c)
+    files = {os.path.join(sdir, "bundle", "config.json"): 0o600, os.path.join(sdir, "shim.log"): 0o600,
+             os.path.join(cdir, "meta.json"): 0o600, os.path.join(cdir, "container.log"): 0o600,
+             os.path.join(sdir, "bundle"): 0o700, cdir: 0o700, sdir: 0o700, os.path.join(cdir, "fs"): 0o700,
+             os.path.join(env.root, "containers"): 0o700, os.path.join(env.state, "shims"): 0o700,
+             env.root: 0o711, env.state: 0o711}
+    deadline = time.monotonic() + 10
+    while "logged" not in open(os.path.join(cdir, "container.log")).read():
+        assert time.monotonic() < deadline, "the container's output never reached its log"
+        time.sleep(0.05)
+    assert {p: oct(os.stat(p).st_mode & 0o7777) for p in files} == {p: oct(m) for p, m in files.items()}
+    upper = os.path.join(cdir, "fs", "upper")
+    assert os.path.exists(os.path.join(upper, "in-upper"))
+    nobody = pwd.getpwnam("nobody")
+    probe = ("import os, sys\n"
+             "for p in sys.argv[1:]:\n"
+             "    try:\n"
+             "        os.listdir(p) if os.path.isdir(p) else open(p).read()\n"
+             "        print('read', p)\n"
+             "    except PermissionError:\n"
+             "        pass\n")
+    os.chmod(env.base, 0o711)  # the test's temp dir is 0700: let nobody get as far as the manager's own modes
+    try:
+        r = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                            sys.executable, "-c", probe, *[p for p in files if p not in (env.root, env.state)],
+                            upper, os.path.join(upper, "in-upper"), env.root, env.state],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        os.chmod(env.base, 0o700)
+    assert r.returncode == 0 and r.stdout == "", r

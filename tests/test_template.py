@@ -121,8 +121,8 @@ def test_shims_survive_sigkill_of_the_template_and_of_the_manager(env):
     before = env.inspect(id)
     t = kill_template(env)
     assert t and wait_exit(t)
-    t2 = template_pid(env)  # restarted
-    assert t2 != t
+    t2 = wait_for(lambda: ping(env)["template"] not in (0, t) and ping(env)["template"], 15,
+                  "the manager to restart its template")
     assert psutil.pid_exists(before["shim_pid"]) and env.inspect(id)["status"] == "running"
     env.kill_manager(signal.SIGKILL)
     assert wait_exit(t2)  # the template dies with its manager (parent-death signal)
@@ -212,7 +212,9 @@ def spares_of(env) -> list[psutil.Process]:
 
 def test_the_template_keeps_a_detached_spare_that_becomes_the_next_shim(env):
     t = template_pid(env)
-    spare = wait_for(lambda: spares_of(env), 10, "a spare shim")[0]
+    # found once it has detached and taken its own mount namespace (its command line is set just before)
+    spare = wait_for(lambda: [p for p in spares_of(env) if os.readlink(f"/proc/{p.pid}/ns/mnt")
+                              != os.readlink(f"/proc/{t}/ns/mnt")], 10, "a spare shim")[0]
     assert spare.ppid() not in (t, env.manager_pid())  # detached like a shim: never the template's child
     assert os.getsid(spare.pid) not in (os.getsid(t), os.getsid(env.manager_pid()))
     assert os.readlink(f"/proc/{spare.pid}/ns/mnt") != os.readlink(f"/proc/{t}/ns/mnt")

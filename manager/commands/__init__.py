@@ -43,6 +43,7 @@ from . import (
     start,
     stop,
     transfers,
+    update,
     version,
     volume,
     wait,
@@ -51,7 +52,7 @@ from .params import request_key
 
 MODULES = (create, start, restart, list, inspect, kill, wait, logs, delete, ping, exec, events, stop, version, info,
            pull, push, images, image_inspect, image_import, image_remove, image_prune, image_tag, image_save,
-           export, export_read, commit, transfers)
+           export, export_read, commit, transfers, update)
 GROUPS = (network, volume)  # several commands each: HANDLERS maps their names to handlers
 
 

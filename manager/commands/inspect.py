@@ -1,5 +1,6 @@
 """inspect {id} -> {id, image, rootfs, args, status, pid, shim_pid, created_at, started_at, exit_code, exited_at,
-oom_killed, exit_reason, bundle, log_path, auto_remove}. Times are RFC 3339 strings. Errors: not_found."""
+oom_killed, exit_reason, bundle, log_path, auto_remove, ..., restart_policy, restart_count, run, last_exits, health:
+{status, failing_streak, log} | null}. Times are RFC 3339 strings. Errors: not_found."""
 
 from __future__ import annotations
 

@@ -15,8 +15,9 @@ def request_key(p: Params) -> str:
     return key
 
 
-def stop_grace(p: Params, default: float) -> float:
-    g = p.float("timeout", default)
+def stop_grace(p: Params, default: float, container: int | None = None) -> float:
+    """The call's timeout, else the container's --stop-timeout, else the configured default."""
+    g = p.float("timeout", default if container is None else float(container))
     if not 0 <= g <= 3600:
         raise InvalidArgument(f"{p.method}: stop timeout {g:g} must be between 0 and 3600 seconds")
     return g

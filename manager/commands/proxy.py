@@ -2,7 +2,6 @@
 optional `key` of the package docstring: the shim answers a repeat with its first answer.
 
 - pause {id} / unpause {id}: freeze or thaw every process. invalid_state unless running / paused.
-- update {id, memory_limit?, pids_limit?}: change resource limits of a running container.
 - stats {id} -> {cpu_ns, memory_bytes, memory_limit, pids, pids_limit, oom_kills}.
 - top {id} -> [{pid, ppid, cmd, exec_id}]: every process of the container (host pids).
 - write_stdin {id, exec_id?, data: bytes}: feed the process's stdin (it must have been started with stdin).
@@ -22,7 +21,6 @@ from .params import request_key
 ROUTES: dict[str, tuple[str, tuple[str, ...], float]] = {
     "pause": ("pause", (), 30.0),
     "unpause": ("resume", (), 30.0),
-    "update": ("update", ("memory_limit", "pids_limit"), 30.0),
     "stats": ("stats", (), 30.0),
     "top": ("pids", (), 30.0),
     "write_stdin": ("write_stdin", ("exec_id", "data"), 60.0),

@@ -16,6 +16,7 @@ NAME = "restart"
 async def handle(m: Registry, p: Params) -> dict:
     e = m.get(p.str("id", required=True))
     key = request_key(p)
-    await lifecycle.stop(m, e, stop_grace(p, m.defaults.stop_timeout), lifecycle.step(key, "stop"))
+    grace = stop_grace(p, m.defaults.stop_timeout, e.meta.spec.stop_timeout)
+    await lifecycle.stop(m, e, grace, lifecycle.step(key, "stop"))
     await lifecycle.start(m, e, lifecycle.step(key, "start"))
     return await m.inspect(e)

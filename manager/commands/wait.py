@@ -1,6 +1,8 @@
-"""wait {id, exec_id?, timeout?} -> {exited: bool, exit_code?, exit?}: long-poll for the exit of the container
-(or of one of its exec processes). Returns after at
-most timeout seconds (default 30) with exited false; the caller asks again. Errors: not_found."""
+"""wait {id, exec_id?, run?, timeout?} -> {exited: bool, exit_code?, exit?}: long-poll for the exit of the container
+(or of one of its exec processes). Returns after at most timeout seconds (default 30) with exited false; the caller
+asks again. With a restart policy (docker's rule) it answers the exit of the run under way, or during a back-off
+the next run's; with run (inspect's `run` of a run the caller followed) that run's exit, though a new run began
+since. Errors: not_found."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ async def handle(m: Registry, p: Params) -> dict:
     res: dict = {"exited": False}
     if not e.lost:
         try:
-            res = await m.call(e, "wait", {"timeout": timeout, "exec_id": exec_id},
+            res = await m.call(e, "wait", {"timeout": timeout, "exec_id": exec_id, "run": p.int("run", 0)},
                                timeout=timeout + 10.0)  # type: ignore[assignment]
         except Unavailable:
             if not e.lost:

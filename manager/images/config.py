@@ -2,7 +2,9 @@
 
 Command: Entrypoint + Cmd. `--entrypoint X` replaces the Entrypoint and drops the image's Cmd (docker's rule);
 CMD given on the command line replaces Cmd. Env: the image's, then -e replacing by name, PATH added when neither
-has one. WorkingDir, User and StopSignal when the command line gave none; Labels under the command line's.
+has one. WorkingDir, User and StopSignal when the command line gave none; Labels under the command line's;
+Healthcheck under the command line's `--health-*` (shimproto.policy.merge_health: its Test and timings fill what
+they left out; `--no-healthcheck` drops it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from runtime.bundle import merge_env
 from shimproto.errors import InvalidArgument
 from shimproto.model import parse_signal
+from shimproto.policy import merge_health
 from shimproto.spec import ContainerSpec
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -47,6 +50,7 @@ def apply(spec: ContainerSpec, image_config: dict) -> None:
     if not spec.cwd.startswith("/"):
         raise InvalidArgument(f"working directory {spec.cwd!r} must be an absolute path")
     spec.user = spec.user or str(c.get("User") or "")
+    spec.healthcheck = merge_health(spec.healthcheck, c.get("Healthcheck"))
     spec.stop_signal = spec.stop_signal or str(c.get("StopSignal") or "")
     labels = c.get("Labels") or {}
     spec.labels = {**{str(k): str(v) for k, v in labels.items()}, **spec.labels} if isinstance(labels, dict) \

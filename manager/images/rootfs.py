@@ -28,9 +28,10 @@ from typing import BinaryIO
 from .unpack import OPAQUE, WHITEOUT, XATTR_PREFIX
 
 OVERLAY_XATTR = "trusted.overlay."
-# what runc leaves in the upper directory as mount points of the files the shim bind-mounts (shimd/etcfiles.py):
-# empty files, never the container's writes (those go to the bind-mounted files); not part of a commit
-MOUNTPOINTS = frozenset({"etc/hostname", "etc/hosts", "etc/resolv.conf"})
+# what runc leaves in the upper directory as mount points of the files the shim bind-mounts (shimd/etcfiles.py, and
+# --init's reaper at runtime.bundle.INIT_PATH): empty files, never the container's writes (those go to the
+# bind-mounted files); not part of a commit
+MOUNTPOINTS = frozenset({"etc/hostname", "etc/hosts", "etc/resolv.conf", "sbin/docker-init"})
 
 
 def is_whiteout(st: os.stat_result) -> bool:

@@ -32,5 +32,5 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
         raise InvalidState(f"cannot attach to a {info['status']} container")  # type: ignore[index]
     cursor = stream.pin(cli, a.id)  # before our input can make it print anything
     code = stream.attach(cli, a.id, "", cursor, stdin=not a.no_stdin, tty=bool(info.get("terminal")),  # type: ignore
-                         detach_keys=a.detach_keys)
+                         detach_keys=a.detach_keys, run=int(info.get("run") or 0))  # type: ignore[union-attr]
     return 0 if code is None else code

@@ -13,6 +13,7 @@ from shimproto.spec import ContainerSpec
 
 from .. import exitcodes, options
 from ..cli import Cli
+from . import _policyopts
 
 HELP = "create a container (start it with start)"
 ERRORS = exitcodes.CREATE
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="container id")
     p.add_argument("--rootfs", help="use this directory (read-only, under an overlay) instead of an image")
     p.add_argument("-e", "--env", action="append", default=[], help="environment variable NAME=VALUE")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE", help="NAME=VALUE lines (before -e)")
     p.add_argument("-w", "--workdir", default="", help="working directory inside the container (default: the "
                    "image's, else /)")
     p.add_argument("--entrypoint", help="run this instead of the image's Entrypoint (its Cmd is dropped too); "
@@ -33,7 +35,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-signal", default="", help="signal that stop sends first (default: the image's, "
                    "else SIGTERM)")
     p.add_argument("--memory", type=options.parse_size, help="memory limit, e.g. 64m")
+    p.add_argument("--memory-swap", type=options.parse_swap, help="memory plus swap, e.g. 128m (-1: unlimited "
+                   "swap; default: no swap)")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("--cpus", type=options.parse_cpus, help="CPUs the container may use, e.g. 0.5")
+    p.add_argument("--cpu-shares", type=int, help="relative CPU weight (default 1024)")
+    p.add_argument("--shm-size", type=options.parse_size, help="size of /dev/shm (default 64m)")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                   help="a resource limit, e.g. nofile=1024:2048 (default open files: 1048576)")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
+    p.add_argument("--privileged", action="store_true", help="every capability and host device, nothing masked")
+    p.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json")
+    p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="a host device")
+    p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE", help="a namespaced sysctl")
+    p.add_argument("--init", action="store_true", help="run tini as PID 1, reaping orphans and passing signals")
+    p.add_argument("--stop-timeout", type=int, help="seconds stop waits before SIGKILL (default 10)")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
     p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
     p.add_argument("--hostname", default="", help="the container's host name (default: its id)")
@@ -49,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dns", action="append", default=[], metavar="IP", help="a nameserver instead of the host's")
     p.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="max-size=SIZE (rotate the log past it), max-file=N (files kept, current included)")
+    _policyopts.add_arguments(p)
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [CMD ...]")
 
 
@@ -64,12 +83,19 @@ def spec(a: argparse.Namespace, verb: str, auto_remove: bool) -> ContainerSpec:
     entrypoint = None if a.entrypoint is None else [a.entrypoint] if a.entrypoint else []
     labels = dict(x.partition("=")[::2] for x in a.label)
     s = ContainerSpec(args=cmd if image or cmd else ["sh"], id=a.name or "", image=image,
-                      rootfs=os.path.abspath(a.rootfs) if a.rootfs else "", env=options.env_list(a.env),
+                      rootfs=os.path.abspath(a.rootfs) if a.rootfs else "",
+                      env=[e for f in a.env_file for e in options.env_file(f)] + options.env_list(a.env),
                       cwd=a.workdir or ("" if image else "/"), tty=a.tty, stdin=a.interactive,
                       memory_limit=a.memory, pids_limit=a.pids_limit, auto_remove=auto_remove,
                       entrypoint=entrypoint, user=a.user, stop_signal=a.stop_signal, labels=labels,
                       hostname=a.hostname, network=a.network, publish=a.publish, volumes=a.volume, tmpfs=a.tmpfs,
-                      read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, **options.log_opts(a.log_opt))
+                      read_only=a.read_only, add_hosts=a.add_host, dns=a.dns, memory_swap=a.memory_swap,
+                      nano_cpus=a.cpus, cpu_shares=a.cpu_shares, shm_size=a.shm_size, ulimits=a.ulimit,
+                      cap_add=a.cap_add, cap_drop=a.cap_drop, privileged=a.privileged,
+                      security_opt=options.security_opts(a.security_opt), devices=a.device,
+                      sysctls=options.key_values(a.sysctl, "--sysctl"),
+                      init=a.init, stop_timeout=a.stop_timeout, **_policyopts.fields(a),
+                      **options.log_opts(a.log_opt))
     s.check()  # a bad flag is refused here, before the manager is asked
     return s
 

@@ -1,8 +1,9 @@
 """shimctl ps [-a] [-q] [--filter KEY=VALUE]... [--format table|json]: list containers (running and paused ones,
 every one with -a).
 
-Filters are docker's: status=created|running|paused|exited (stopped is ours for exited) and name=TEXT (a part of
-the id); several values of one key match any of them, different keys must all match. A status filter lists
+Filters are docker's: status=created|running|paused|restarting|exited (stopped is ours for exited), name=TEXT
+(a part of the id) and label=KEY or label=KEY=VALUE (a label set by -l/--label or the image's). Several values of
+one key match any of them (label: must all match, as docker's), different keys must all match. A status filter lists
 stopped containers without -a. The table shows times as docker does ("Up 5 minutes", "3 minutes ago"); json
 keeps the manager's full RFC 3339 timestamps.
 """
@@ -12,44 +13,52 @@ from __future__ import annotations
 import argparse
 import time
 
-from shimproto.model import CREATED, PAUSED, RUNNING, STOPPED
+from shimproto.model import CREATED, PAUSED, RESTARTING, RUNNING, STOPPED
 
 from .. import exitcodes, render
 from ..cli import Cli
 
 HELP = "list containers"
 ERRORS = exitcodes.OTHER
-# docker's status words -> ours; restarting, removing and dead are docker's too but never ours: they match nothing
+# docker's status words -> ours; removing and dead are docker's too but never ours: they match nothing
 STATUS_WORDS = {CREATED: CREATED, RUNNING: RUNNING, PAUSED: PAUSED, STOPPED: STOPPED, "exited": STOPPED,
-                "restarting": "", "removing": "", "dead": ""}
+                RESTARTING: RESTARTING, "removing": "", "dead": ""}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("-f", "--filter", action="append", default=[], type=parse_filter, metavar="KEY=VALUE",
-                   help="status=STATUS or name=TEXT; repeat to combine")
+                   help="status=STATUS, name=TEXT, label=KEY[=VALUE]; repeat to combine")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def parse_filter(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or key not in ("status", "name"):
-        raise argparse.ArgumentTypeError(f"invalid filter {text!r}: use status=STATUS or name=TEXT")
+    if not sep or key not in ("status", "name", "label") or key == "label" and not value.partition("=")[0]:
+        raise argparse.ArgumentTypeError(f"invalid filter {text!r}: use status=STATUS, name=TEXT or "
+                                         f"label=KEY[=VALUE]")
     if key == "status" and value not in STATUS_WORDS:
         raise argparse.ArgumentTypeError(
             f"invalid filter {text!r}: status is one of {', '.join(sorted(STATUS_WORDS))}")
     return key, value
 
 
+def _labelled(labels: dict, want: str) -> bool:
+    key, sep, value = want.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
 def matches(c: dict, filters: list[tuple[str, str]]) -> bool:
-    """Same key: any value matches; different keys: every key matches."""
+    """Same key: any value matches (label: every one, as docker); different keys: every key matches."""
     keys = {k for k, _ in filters}
     for key in keys:
         values = [v for k, v in filters if k == key]
         if key == "status" and c["status"] not in {STATUS_WORDS[v] for v in values}:
             return False
         if key == "name" and not any(v in c["id"] for v in values):
+            return False
+        if key == "label" and not all(_labelled(c.get("labels") or {}, v) for v in values):
             return False
     return True
 

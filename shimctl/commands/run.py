@@ -34,7 +34,7 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
     from .. import stream  # only an attached run reads the log (run -d does not pay for it)
 
     try:
-        code = stream.attach(cli, id, "", 0, stdin=a.interactive, tty=a.tty)
+        code = stream.attach(cli, id, "", 0, stdin=a.interactive, tty=a.tty, run=1)  # a restart's exit is not ours
     except ShimdError as e:
         raise exitcodes.AfterStart(e.message) from None
     if a.rm:

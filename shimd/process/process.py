@@ -211,7 +211,8 @@ class ExecProcess(Process):
         with open(os.path.join(self.ctx.bundle, "config.json")) as f:
             base = json.load(f)["process"]
         proc_file = os.path.join(self.dir, "process.json")
-        with open(proc_file, "w") as f:
+        # owner-only: the env holds secrets
+        with os.fdopen(os.open(proc_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
             json.dump(exec_process(base, self.args, self.env, self.cwd, self.io.terminal, self.user), f)
         pid_file = os.path.join(self.dir, "pid")
         stdin, stdout, stderr, console = self.io.prepare()

@@ -19,6 +19,9 @@ function each in tests/chaos/invariants.py; every finding starts with its invari
 - attach-lines: an attach prints the counter's lines, consecutive, at least one, nothing on stderr, and exits with
   the container's code when it ends on its own;
 - fault-point: an armed fault point is reached (the manager dies there);
+- restart-count, one-run, health-check (crash-looping containers with restart policies, containers with health
+  checks that pass, fail or hang): counts only grow and match the journal, runs and exits alternate, one init and
+  one check process at a time, none left (tests/chaos/restartops.py);
 - image-store, image-ops (with an archive: imports, image removals and commits among the operations): no half
   image is listed, nothing unreferenced is kept once the start-up collection ran, and each image call sent again
   to the next manager ends as it should (tests/chaos/image_invariants.py).
@@ -45,9 +48,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.chaos import image_invariants, invariants
+from tests.chaos import image_invariants, invariants, netops, restartops
 from tests.chaos.imageops import ImageOps, Img
+from tests.chaos.netops import NetOps
 from tests.chaos.ops import Box, Ops, Stats
+from tests.chaos.restartops import RestartOps
 from tests.harness import PY, REPO, Env
 
 MAX_LIVE = 30  # containers; past this, rounds remove instead of creating
@@ -62,9 +67,9 @@ IMAGE_ACTS = {"image:fetched": "import", "image:unpacked": "import", "image:unta
               "image:committed": "commit"}
 
 
-class Chaos(Ops, ImageOps):
+class Chaos(Ops, ImageOps, NetOps, RestartOps):
     def __init__(self, env: Env, seed: int, flaky: bool = True, disk_full: bool = False, plant: str = "",
-                 settle: float = SETTLE, archive: str = "") -> None:
+                 settle: float = SETTLE, archive: str = "", netns: str = "") -> None:
         self.disk_full = disk_full
         self.plant = plant  # SHIMD_PLANT for the managers started here (and so for their shims)
         self.settle = settle
@@ -94,6 +99,9 @@ class Chaos(Ops, ImageOps):
         self.images: dict[str, Img] = {}
         self.image_ops_active = 0
         self.last_images: image_invariants.ImageView | None = None
+        self.netns = netns  # the network namespace the managers run in ("": no web containers)
+        self.net_ops_active = 0
+        self.restart_seen: dict[str, tuple[int, int]] = {}  # restart-count's baselines (restartops.learn)
 
     # --- manager control -----------------------------------------------------------------------------------
 
@@ -108,14 +116,14 @@ class Chaos(Ops, ImageOps):
         if expect_death:  # dies during restore: do not wait for it to serve
             log = os.path.join(self.env.base, "manager-fault.log")
             with open(log, "ab") as f:
-                p = subprocess.Popen([*(SLAVE if slave else []), PY, "-m", "manager", "--config", self.config,
-                                      "--root", self.env.root, "--state", self.env.state], cwd=REPO, stdout=f,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **env})
+                p = subprocess.Popen([*self.env.wrap, *(SLAVE if slave else []), PY, "-m", "manager", "--config",
+                                      self.config, "--root", self.env.root, "--state", self.env.state], cwd=REPO,
+                                     stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env})
             rc = p.wait(60)
             if rc != -signal.SIGKILL:
                 self.violation(f"fault-point: manager with fault {fault} exited {rc} instead of dying at the point")
             return rc == -signal.SIGKILL
-        self.env.start_manager("--config", self.config, wrap=SLAVE if slave else None, env=env)
+        self.env.start_manager("--config", self.config, wrap=[*self.env.wrap, *SLAVE] if slave else None, env=env)
         if slave:
             self.stats.slave_restarts += 1
         return True
@@ -125,9 +133,11 @@ class Chaos(Ops, ImageOps):
         if self.env.proc is not None:
             with self.lock:
                 in_flight, in_image_op = self.active > 0, self.image_ops_active > 0
+                in_net_op = self.net_ops_active > 0
             self.env.kill_manager(signal.SIGKILL)
             self.stats.manager_kills += 1
             self.stats.kills_in_image_ops += in_image_op
+            self.stats.kills_in_network_ops += in_net_op
             if in_flight:
                 self.stats.kills_in_flight += 1
             else:
@@ -182,7 +192,8 @@ class Chaos(Ops, ImageOps):
         if self.flaky:
             self.set_runtime_faults(*rng.choice([(0, 0, 0), (0, 0, 0), (15, 0, 0), (0, 10, 1.5)]))
         choices = [self.op_run, self.op_run, self.op_run, self.op_signal, self.op_stop, self.op_rm, self.op_exec,
-                   self.op_attach, self.op_kill_template, *self.image_choices()]
+                   self.op_attach, self.op_kill_template, *self.image_choices(), *self.net_choices(),
+                   *self.restart_choices()]
         with self.lock:
             live = sum(b.created == "yes" and b.removed == "no" for b in self.boxes.values())
         if live > MAX_LIVE:  # a long soak is about kills, not about an ever larger population: remove, don't run
@@ -277,6 +288,8 @@ class Chaos(Ops, ImageOps):
                 for check in invariants.INVARIANTS:
                     check(self, view)
                 image_invariants.check(self, c, view.unsettled)
+                netops.check(self, view)
+                restartops.check(self, view)
                 new = [u for u in view.unsettled if u not in self.recorded]  # (one recorded before: no lag)
                 if not new or time.monotonic() > deadline:
                     break
@@ -286,6 +299,7 @@ class Chaos(Ops, ImageOps):
             invariants.count_checks(self, view)
             invariants.logs_hold_every_line_once_in_order(self, c, view)
             invariants.learn(self, view)
+            restartops.learn(self, view)
             image_invariants.learn(self)
         finally:
             c.close()

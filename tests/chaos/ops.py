@@ -18,6 +18,7 @@ import psutil
 from manager.registry import read_pid
 from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
+from tests.chaos.restartops import CHECKS, RESTART_KINDS
 from tests.harness import PY, REPO, Env
 
 ATTACH_PATIENCE = 30.0  # seconds an attach to a running counter may take to print its first line
@@ -67,14 +68,23 @@ class Stats:
     image_commits: int = 0
     image_removals: int = 0
     kills_in_image_ops: int = 0  # manager SIGKILLs that landed while an image operation was under way
+    web_containers: int = 0  # on the bridge network, a published port (tests/chaos/netops.py)
+    kills_in_network_ops: int = 0  # manager SIGKILLs that landed while a web container was created or removed
+    restart_containers: int = 0  # with a restart policy, crash-looping (tests/chaos/restartops.py)
+    health_containers: int = 0  # with a health check that passes, fails or hangs
+    restarts_seen: int = 0  # restart events in the manager's event stream
+    health_status_events: int = 0
+    restart_shim_kills: int = 0  # shim SIGKILLs of those (a lost shim's always container is relaunched)
+    health_probes_seen: int = 0  # check processes found in containers' cgroups (at most one each at a time)
+    known_masquerade_left: set[str] = field(default_factory=set)  # bridge's chains of the known gap
     violations: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)  # invariant -> how many things it checked
     seconds: float = 0.0
 
 
-def create_params(id: str, args: list[str]) -> dict:
-    """The manager's create request for a busybox container started at once."""
-    return {"spec": {"id": id, "image": "busybox", "args": args}, "start": True}
+def create_params(id: str, args: list[str], spec: dict | None = None) -> dict:
+    """The manager's create request for a busybox container started at once (spec: more of its fields)."""
+    return {"spec": {"id": id, "image": "busybox", "args": args, **(spec or {})}, "start": True}
 
 
 class Ops:
@@ -113,10 +123,10 @@ class Ops:
             self.stats.containers += 1
         return box
 
-    def _create(self, box: Box, args: list[str]) -> Box:
+    def _create(self, box: Box, args: list[str], spec: dict | None = None) -> Box:
         c = self.client()
         try:
-            info = c.call("create", create_params(box.id, args), timeout=60)
+            info = c.call("create", create_params(box.id, args, spec), timeout=60)
             box.created, box.pid = "yes", info["pid"]
         except (Unavailable, DeadlineExceeded):
             box.created, box.answer_lost = "maybe", True
@@ -143,7 +153,7 @@ class Ops:
         """A container that writes until the log's filesystem is full, then exits 0."""
         return self._create(self._new_box("filler", 0), ["sh", "-c", FILLER])
 
-    def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper")) -> Box | None:
+    def _pick(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper", "web")) -> Box | None:
         with self.lock:
             live = [b for b in self.boxes.values() if b.created == "yes" and b.removed == "no" and b.kind in kinds
                     and b.id not in self.protected]
@@ -178,6 +188,12 @@ class Ops:
             return
         box.allowed.add(137)
         box.removed = "maybe"
+        if box.kind == "web":
+            self._net_op(lambda: self._delete(box))  # type: ignore[attr-defined]
+        else:
+            self._delete(box)
+
+    def _delete(self, box: Box) -> None:
         try:
             c = self.client()
             try:
@@ -294,8 +310,9 @@ class Ops:
                 else:
                     self.stats.template_kills += 1
 
-    def kill_a_shim(self) -> None:
-        box = self._pick()
+    def kill_a_shim(self, kinds: tuple[str, ...] = ("counter", "exiter", "trapper", "web", *RESTART_KINDS,
+                                                     *CHECKS)) -> None:
+        box = self._pick(kinds)
         if box is None:
             return
         pid = read_pid(os.path.join(self.env.state, "shims", box.id, "shim.pid"))
@@ -304,6 +321,7 @@ class Ops:
             box.shim_killed = True
             box.allowed.add(255)
             self.stats.shim_kills += 1
+            self.stats.restart_shim_kills += box.kind in (*RESTART_KINDS, *CHECKS)
 
 
 def alive(pid: int) -> bool:

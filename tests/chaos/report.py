@@ -49,6 +49,14 @@ def render(r: Results) -> str:
             ("log lines checked", s.log_lines_checked), ("log bytes dropped (disk full)", s.log_bytes_dropped),
             ("image imports / commits / removals", f"{s.image_imports} / {s.image_commits} / {s.image_removals}"),
             ("manager SIGKILLs that landed during an image operation", s.kills_in_image_ops),
+            ("web containers (bridge network, a published port)", s.web_containers),
+            ("manager SIGKILLs that landed during a web container's create or removal", s.kills_in_network_ops),
+            ("containers with a restart policy (crash loops) / with a health check",
+             f"{s.restart_containers} / {s.health_containers}"),
+            ("restarts (restart events) / health_status events", f"{s.restarts_seen} / {s.health_status_events}"),
+            ("shim SIGKILLs of those", s.restart_shim_kills),
+            ("health-check processes seen in containers' cgroups (at most one each at a time)", s.health_probes_seen),
+            ("bridge masquerade chains left by the known gap (docs/architecture.md)", len(s.known_masquerade_left)),
             ("invariants violated", len(s.violations)),
         ]
         out.append("| what | value |\n|---|---|")

@@ -18,6 +18,7 @@ from tests.chaos import invariants, report
 from tests.chaos.harness import Chaos
 from tests.chaos.ops import Box
 from tests.harness import Env, wait_for
+from tests.netns import enter, network_left
 
 KILLS = int(os.environ.get("CHAOS_KILLS", "50"))  # manager SIGKILLs in all
 IN_FLIGHT = int(os.environ.get("CHAOS_IN_FLIGHT", "50"))  # of which at least this many with operations in flight
@@ -26,10 +27,13 @@ DISK_FULL_KILLS = 10
 
 
 @pytest.mark.timeout(int(os.environ.get("CHAOS_TIMEOUT", "900")))
-def test_chaos(bare_env, shared_root, chaos_archive):
+def test_chaos(netns, bare_env, shared_root, chaos_archive):
+    """Its managers run inside a network namespace the test made (web containers on the bridge network)."""
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 32))
     print(f"\nchaos seed {seed} (replay: CHAOS_SEED={seed})")
-    chaos = Chaos(bare_env, seed, archive=chaos_archive)
+    ns, problems = netns
+    bare_env.wrap = enter(ns)
+    chaos = Chaos(bare_env, seed, archive=chaos_archive, netns=ns)
     t0 = time.monotonic()
     chaos.start()
     points = list(POINTS)
@@ -45,6 +49,8 @@ def test_chaos(bare_env, shared_root, chaos_archive):
     print(chaos.report())
     report.RESULTS.chaos = chaos.stats
     s = chaos.stats
+    # everything removed: the namespace holds nothing of a container but the known masquerade chains
+    problems += [p for p in network_left(ns, bare_env.base) if not any(c in p for c in s.known_masquerade_left)]
     assert s.violations == [], f"seed {seed}: invariants violated"
     assert s.manager_kills >= KILLS, f"only {s.manager_kills} manager kills in {BUDGET:g}s"
     assert s.kills_in_flight >= IN_FLIGHT, f"only {s.kills_in_flight} manager kills with operations in flight"
@@ -52,6 +58,9 @@ def test_chaos(bare_env, shared_root, chaos_archive):
     assert set(s.fault_points) == set(POINTS), f"fault points never reached: {set(POINTS) - set(s.fault_points)}"
     assert s.template_kills > 0, "the warm template was never killed"
     assert s.kills_in_image_ops > 0, "no manager kill landed during an image operation"
+    assert s.restart_containers > 0 and s.restarts_seen > 0, "no container was restarted by its policy"
+    assert s.health_containers > 0, "no container with a health check"
+    assert s.web_containers > 0 and s.kills_in_network_ops > 0, "no manager kill landed during a network operation"
 
 
 @pytest.mark.timeout(600)

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from shimproto.client import Client
-from tests.chaos import image_invariants, invariants, report
+from tests.chaos import image_invariants, invariants, report, restartops
 from tests.chaos.harness import Chaos
 from tests.chaos.ops import Box, alive
 from tests.harness import Env, wait_for
@@ -139,6 +139,20 @@ def fds(ch: Chaos) -> None:
     ch.check()
 
 
+def crash_loop(ch: Chaos) -> None:
+    """A container with --restart always that exits after 0.3 s: two restarts, a manager restart, a check."""
+    box = ch.run_restarting("looper")
+    assert box.created == "yes", box.refusal
+    c = Client(ch.env.sock, timeout=30)
+    try:
+        wait_for(lambda: c.call("inspect", {"id": box.id})["run"] >= 3, 20, f"{box.id} to run a third time")
+    finally:
+        c.close()
+    ch.kill_manager()
+    ch.start()
+    ch.check()
+
+
 # (bug, the invariant that must name it, what the finding must also say, the scenario)
 CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("drop-exit-event", invariants.EXIT_ONCE, "", exits),
@@ -157,6 +171,7 @@ CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("restore-takes-shim-pid", invariants.KEEPS_RUNNING, "pid changed", restart),
     ("leak-shim-fd", invariants.NO_LEFTOVERS, "fds", fds),
     ("restore-leaves-commit-paused", invariants.LISTED_STATUS, "listed as 'paused'", commit_killed),
+    ("restart-count-skips", restartops.RESTART_COUNT, "not 1, 2, 3", crash_loop),
     ("image-gc-keeps-layers", image_invariants.IMAGE_STORE, "no listed image or container refers to it",
      image_removed),
 ]
