@@ -37,10 +37,10 @@ def test_a_reboot_runs_always_and_unless_stopped_again_but_not_what_the_user_sto
     wait_for(lambda: not our_processes(env.base), 10, "every process of the tree to be gone")
     env.proc = None
     shutil.rmtree(env.state)
-    for h in leaks.hierarchies():  # and a boot starts with empty cgroup hierarchies
+    for parent in leaks.parents():  # and a boot starts with empty cgroup hierarchies
         for id in (always, unless, stopped_always, stopped_unless, plain):
-            if os.path.isdir(os.path.join(h, "shimd", id)):
-                os.rmdir(os.path.join(h, "shimd", id))
+            if os.path.isdir(os.path.join(parent, id)):
+                os.rmdir(os.path.join(parent, id))
 
     env.start_manager()
     wait_for(lambda: all(env.inspect(id)["status"] == "running" for id in (always, unless, stopped_always)), 30,
