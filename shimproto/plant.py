@@ -25,6 +25,7 @@ NAMES = {
     "leak-shim-fd": "the shim opens (and never closes) a file on every state call",
     "restore-leaves-commit-paused": "a restarted manager ignores a commit's intent: the container it paused stays so",
     "restart-count-skips": "the shim's restart policy counts every restart twice (restart events 2, 4, 6...)",
+    "hung-check-not-killed": "the shim leaves a health check that hangs past its timeout running (checks overlap)",
     "image-gc-keeps-layers": "the image store's collection never removes a layer directory",
     # leak kinds (tests/leaks.py): leave-runtime-state above; a stray shim or shim template, a zombie under a shim
     # or a zombie shim, a mount in any namespace, a cgroup and an orphaned container process are planted directly

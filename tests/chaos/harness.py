@@ -28,7 +28,7 @@ function each in tests/chaos/invariants.py; every finding starts with its invari
 
 Every one of them has a planted-bug test (tests/chaos/test_planted.py: SHIMD_PLANT=<bug> makes the system
 misbehave in one way, and the test shows the check then fails naming the invariant), except fault-point (its test
-is the CI round itself, which fails when a point is not reached) and image-ops (none yet).
+is the CI round itself, which fails when a point is not reached), image-ops and one-run (none yet).
 
 A finding is recorded when a view first shows it; only views that trail reality are taken again (see invariants.py).
 Each manager SIGKILL is counted as one that landed with operations in flight, one at a fault point, or one of an

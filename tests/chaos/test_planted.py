@@ -153,6 +153,15 @@ def crash_loop(ch: Chaos) -> None:
     ch.check()
 
 
+def hung_check(ch: Chaos) -> None:
+    """A container whose health check hangs past its 0.5 s timeout, every second: checked once two of them could
+    have overlapped (the second starts 1 s after the first was given up on, 5 s after its timeout)."""
+    box = ch.run_restarting("hung")
+    assert box.created == "yes", box.refusal
+    time.sleep(9)
+    ch.check()
+
+
 # (bug, the invariant that must name it, what the finding must also say, the scenario)
 CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("drop-exit-event", invariants.EXIT_ONCE, "", exits),
@@ -172,6 +181,7 @@ CASES: list[tuple[str, str, str, Callable[[Chaos], None]]] = [
     ("leak-shim-fd", invariants.NO_LEFTOVERS, "fds", fds),
     ("restore-leaves-commit-paused", invariants.LISTED_STATUS, "listed as 'paused'", commit_killed),
     ("restart-count-skips", restartops.RESTART_COUNT, "not 1, 2, 3", crash_loop),
+    ("hung-check-not-killed", restartops.HEALTH_CHECK, "check processes at once", hung_check),
     ("image-gc-keeps-layers", image_invariants.IMAGE_STORE, "no listed image or container refers to it",
      image_removed),
 ]
