@@ -35,7 +35,8 @@ from tests.harness import REPO
 CACHE = "/var/cache/shimd-tests"
 SUITE = "bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "runc", "busybox-static",
-            "containernetworking-plugins", "iptables"]  # containers get the bridge network by default
+            "containernetworking-plugins", "iptables",  # containers get the bridge network by default
+            "golang-github-containers-common"]  # the seccomp profile (debootstrap needs the real package name)
 VENV = "/opt/shimd"
 INNER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
              "HOME": "/root", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
