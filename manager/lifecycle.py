@@ -136,7 +136,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
 def shim_request(r: Registry, meta: Meta, network: NetworkPlan, mounts: list[MountPlan]) -> ShimCreate:
     upper, work = r.store.fs(meta.id)
     return ShimCreate(spec=meta.spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(meta.id),
-                      cgroups_path=meta.cgroup or f"/shimd/{meta.id}", files_dir=r.store.dir(meta.id), network=network,
+                      cgroups_path=meta.cgroup_path, files_dir=r.store.dir(meta.id), network=network,
                       mounts=mounts)
 
 

@@ -329,7 +329,7 @@ class Registry:
             "id": e.id,
             "image": spec.image,
             "image_digest": e.meta.image_digest,
-            "cgroup": e.meta.cgroup or f"/shimd/{e.id}",
+            "cgroup": e.meta.cgroup_path,
             "labels": spec.labels,
             "rootfs": e.meta.lower,
             "args": spec.args,

@@ -41,6 +41,12 @@ class Meta:
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def cgroup_path(self) -> str:
+        """Its cgroup under each hierarchy: as recorded, or /shimd/ID for a container made before managers had a
+        cgroup parent of their own."""
+        return self.cgroup or f"/shimd/{self.id}"
+
     def to_json(self) -> dict:
         return {"spec": self.spec.to_wire(), "lower": self.lower, "created_at": self.created_at,
                 "request_key": self.request_key, "image_digest": self.image_digest, "cgroup": self.cgroup}

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from .model import ID_RE
+
 MAGIC = 0xC1
 HEAD = struct.Struct(">BII")  # magic, payload length, crc32 of the payload
 MAX_RECORD = 1 << 20  # a frame that claims more is damage, not a record
@@ -28,8 +30,6 @@ _MAP_FIRST = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])  # how a bare msgpack m
 
 def is_event(rec: dict, seq_key: str = "seq") -> bool:
     """Has rec what every reader of an event needs: a valid container id, a type, a positive sequence number?"""
-    from .model import ID_RE
-
     return isinstance(rec.get("id"), str) and bool(ID_RE.fullmatch(rec["id"])) and isinstance(rec.get("type"), str) \
         and all(isinstance(rec.get(k), int) and not isinstance(rec[k], bool) and rec[k] > 0
                 for k in {"seq", seq_key})
