@@ -77,7 +77,8 @@ class CritestResult:
         return self.with_status("skipped", "pending")
 
     def summary(self) -> str:
-        return f"{len(self.passed)} passed, {len(self.failed)} failed, {len(self.skipped)} skipped (critest rc {self.rc})"
+        counts = f"{len(self.passed)} passed, {len(self.failed)} failed, {len(self.skipped)} skipped"
+        return f"{counts} (critest rc {self.rc})"
 
     def failure_table(self, width: int = 300) -> str:
         rows = [f"{s.status:<11} {s.name}\n            {' '.join(s.message.split())[:width]}" for s in self.failed]
@@ -151,8 +152,9 @@ class CritestEnv:
 
     def http_ok(self, url: str, timeout: float = 2) -> bool:
         """Whether url answers 200 from inside the namespaces."""
-        code = ("import sys, urllib.request\ntry:\n    r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))"
-                "\n    sys.exit(0 if r.status == 200 else 1)\nexcept Exception:\n    sys.exit(1)")
+        code = ("import sys, urllib.request\ntry:\n"
+                "    r = urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))\n"
+                "    sys.exit(0 if r.status == 200 else 1)\nexcept Exception:\n    sys.exit(1)")
         return self.run(sys.executable, "-c", code, url, str(timeout), timeout=timeout + 10).returncode == 0
 
     def bridge_conflist(self, directory: str, name: str, subnet: str) -> str:
