@@ -356,6 +356,6 @@ def ensure_images() -> str:
 def push_all(layout: str, registry: str, wrap: list[str], names: dict[str, str] | None = None) -> None:
     """Copy every image of IMAGES (or names) from the layout to docker://<registry>/<name>, plain HTTP; skopeo runs
     under wrap (e.g. nsenter into the registry's network namespace)."""
-    for name, tag in (names or IMAGES).items():
+    for name, tag in (IMAGES if names is None else names).items():
         run(*wrap, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
             f"docker://{registry}/{name}", timeout=120)
