@@ -38,7 +38,9 @@ def expected_streams(protocol: str, tty: bool, stdin: bool, stdout: bool, stderr
 
 
 def collect(conn: Connection, want: set[str], timeout: float = STREAM_CREATION_TIMEOUT) -> dict[str, Stream]:
-    """The streams of `want`, by type, as the client opens them; StreamsMissing on timeout or a stray stream."""
+    """The streams of `want`, by type, as the client opens them; StreamsMissing on timeout or hang-up.
+
+    Others (a stderr the request did not ask for, a second stdout) are reset: kubelet ignores them too."""
     got: dict[str, Stream] = {}
     deadline = time.monotonic() + timeout
     while set(got) != want:
@@ -50,13 +52,19 @@ def collect(conn: Connection, want: set[str], timeout: float = STREAM_CREATION_T
             why = "connection closed" if conn.closed.is_set() else f"timed out after {timeout:g}s"
             raise StreamsMissing(f"waiting for streams {sorted(want - set(got))}: {why}")
         kind = s.header("streamtype")
-        if kind not in want or kind in got:
-            s.reset(spdy.PROTOCOL_ERROR)
-            for t in got.values():
-                t.reset()
-            raise StreamsMissing(f"unexpected stream of type {kind!r} (expecting {sorted(want)})")
+        if kind not in want or kind in got:  # one the request did not ask for: refused, the others go on
+            log.info("%s: refusing a stream of type %r (expecting %s)", conn.name, kind, sorted(want))
+            s.reset(spdy.REFUSED_STREAM)
+            continue
         got[kind] = s
     return got
+
+
+def _refuse_strays(conn: Connection) -> None:
+    """Streams opened after the expected ones (say stderr, when the request did not ask for it) are reset, so
+    the client does not wait on them for ever."""
+    while (s := conn.accept()) is not None:
+        s.reset(spdy.REFUSED_STREAM)
 
 
 def _read_resizes(stream: Stream, io: StreamIO) -> None:
@@ -112,6 +120,7 @@ def serve(conn: Connection, protocol: str, req: ExecRequest | AttachRequest, bac
                   StreamWriter(streams["stdout"]) if "stdout" in streams else None,
                   StreamWriter(streams["stderr"]) if "stderr" in streams else None,
                   conn.closed)
+    threading.Thread(target=_refuse_strays, args=(conn,), name=f"{conn.name}-strays", daemon=True).start()
     if "resize" in streams:
         threading.Thread(target=_read_resizes, args=(streams["resize"], io), name=f"{conn.name}-resize",
                          daemon=True).start()
