@@ -181,6 +181,20 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_server_serving(client, 
     assert r.returncode == 0 and r.stdout == b"still serving\n"
 
 
+def test_a_client_that_sends_garbage_after_the_upgrade_is_dropped_and_the_server_goes_on(client, server):
+    tok = server.exec_url(ExecRequest("c1", ["true"])).rsplit("/", 1)[1]
+    raw = socket.create_connection(server.address, timeout=10)
+    head = "".join(f"{k}: {v}\r\n" for k, v in UPGRADE.items())
+    raw.sendall(f"POST /exec/{tok} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 101") and b"X-Stream-Protocol-Version: v4.channel.k8s.io" in reply
+    raw.sendall(b"\x80\x02\x00\x01" + b"\xff" * 64)  # a SPDY/2 frame: not ours
+    assert raw.recv(4096)[:4] == b"\x80\x03\x00\x07"  # GOAWAY
+    raw.close()
+    r = run(client, server.exec_url(ExecRequest("c1", ["echo", "fine"])))
+    assert r.returncode == 0 and r.stdout == b"fine\n"
+
+
 def _local_port(p: subprocess.Popen, remote: int) -> int:
     line = p.stdout.readline().decode().split()
     assert line[:1] == ["port"] and int(line[2]) == remote, line

@@ -13,12 +13,21 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import spdy
 from .spdyconn import Connection, Stream, StreamClosed
-from .streamapi import (AttachRequest, Backend, ClientGone, ExecRequest, StreamIO, StreamReader, StreamsMissing,
-                        StreamWriter, TerminalSize)
+from .streamapi import (
+    AttachRequest,
+    Backend,
+    ClientGone,
+    ExecRequest,
+    StreamIO,
+    StreamReader,
+    StreamsMissing,
+    StreamWriter,
+    TerminalSize,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from shimproto.errors import ShimdError
 
@@ -137,7 +137,7 @@ class Data:
     flags: int = 0
 
 
-Frame = Union[SynStream, SynReply, HeadersFrame, RstStream, Settings, Ping, GoAway, WindowUpdate, Data]
+Frame = SynStream | SynReply | HeadersFrame | RstStream | Settings | Ping | GoAway | WindowUpdate | Data
 
 
 class HeaderCodec:
@@ -252,14 +252,12 @@ class FrameReader:
             head = first + (self._exact(8 - len(first), "a frame header") if len(first) < 8 else b"")
             word, flags_len = struct.unpack(">II", head)
             flags, length = flags_len >> 24, flags_len & 0xFFFFFF
-            if length > MAX_LENGTH:
-                raise ProtocolError("frame too large")
+            version, ftype = (word >> 16) & 0x7FFF, word & 0xFFFF
+            if word & 0x80000000 and version != VERSION:  # before reading a payload that may never come
+                raise ProtocolError(f"unsupported SPDY version {version}")
             payload = self._exact(length, "a frame payload")
             if not word & 0x80000000:
                 return Data(word & 0x7FFFFFFF, payload, flags)
-            version, ftype = (word >> 16) & 0x7FFF, word & 0xFFFF
-            if version != VERSION:
-                raise ProtocolError(f"unsupported SPDY version {version}")
             frame = self._control(ftype, flags, payload)
             if frame is not None:
                 return frame

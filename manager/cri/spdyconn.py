@@ -28,7 +28,8 @@ from . import spdy
 
 log = logging.getLogger(__name__)
 
-OPEN, LOCAL_CLOSED, REMOTE_CLOSED, CLOSED, RESET = "open", "half-closed (local)", "half-closed (remote)", "closed", "reset"
+OPEN, CLOSED, RESET = "open", "closed", "reset"
+LOCAL_CLOSED, REMOTE_CLOSED = "half-closed (local)", "half-closed (remote)"
 
 # (state, event) -> next state. local_fin: we sent FIN; remote_fin: the peer did; reset: RST either way, or the
 # connection went. Anything not listed is illegal.
@@ -93,9 +94,9 @@ class Stream:
             data = bytes(self._buf[:n])
             del self._buf[:n]
             self._unacked += len(data)
-            give_back = self._unacked if self._unacked >= spdy.DEFAULT_WINDOW // 2 and self.state in (OPEN, LOCAL_CLOSED) else 0
-            if give_back:
-                self._unacked = 0
+            give_back = 0
+            if self._unacked >= spdy.DEFAULT_WINDOW // 2 and self.state in (OPEN, LOCAL_CLOSED):
+                give_back, self._unacked = self._unacked, 0
             self._cond.notify_all()
         if give_back:
             self.conn.send_quietly(spdy.WindowUpdate(self.id, give_back))
@@ -138,7 +139,7 @@ class Stream:
             self._cond.notify_all()
             while len(self._buf) > RECV_LIMIT and self.state in (OPEN, LOCAL_CLOSED, REMOTE_CLOSED):
                 self._cond.wait(1.0)
-                if self.conn.closed.is_set():
+                if self.conn.closing.is_set():
                     break
         return True
 
@@ -162,6 +163,7 @@ class Connection:
         self._last_id = 0
         self._new: queue.Queue[Stream | None] = queue.Queue()
         self.closed = threading.Event()  # the reader stopped: EOF, error, or close()
+        self.closing = threading.Event()  # close() was called (wakes a reader waiting for a stream's reader)
         self.goaway_received = False
         self.peer_settings: dict[int, int] = {}
         self._thread = threading.Thread(target=self._run, name=f"{name}-reader", daemon=True)
@@ -203,6 +205,7 @@ class Connection:
 
     def close(self) -> None:
         """Drop the connection: every stream ends, the reader thread stops. Idempotent."""
+        self.closing.set()
         self._shutdown()
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(5)

@@ -19,16 +19,30 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Union
 
 from shimproto.errors import ShimdError
 
 from . import portforward, remotecommand
 from .spdyconn import Connection
-from .streamapi import (AttachRequest, Backend, ClientGone, ExecRequest, InvalidRequest, NoCommonProtocol,
-                        PortForwardRequest, StreamingError, StreamIO, StreamsMissing, TerminalSize, TokenExpired,
-                        TokenUnknown, TooManyRequests, UpgradeRequired)
+from .streamapi import (
+    AttachRequest,
+    Backend,
+    ClientGone,
+    ExecRequest,
+    InvalidRequest,
+    NoCommonProtocol,
+    PortForwardRequest,
+    StreamingError,
+    StreamIO,
+    StreamsMissing,
+    TerminalSize,
+    TokenExpired,
+    TokenUnknown,
+    TooManyRequests,
+    UpgradeRequired,
+)
 
 __all__ = [
     "StreamingServer", "TokenCache", "ExecRequest", "AttachRequest", "PortForwardRequest", "Backend", "StreamIO",
@@ -38,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Request = Union[ExecRequest, AttachRequest, PortForwardRequest]
+Request = ExecRequest | AttachRequest | PortForwardRequest
 KINDS: dict[type, str] = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
 HTTP_STATUS: dict[type[StreamingError], tuple[int, str]] = {
     TokenUnknown: (404, "NotFound"), UpgradeRequired: (400, "BadRequest"), NoCommonProtocol: (403, "Forbidden"),
