@@ -1,0 +1,1 @@
+"""CRI: the gRPC runtime service and the streaming server behind its Exec, Attach and PortForward URLs."""
