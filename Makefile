@@ -1,5 +1,5 @@
 # Convenience targets; everything runs through scripts/test (which sets up the venv when missing).
-.PHONY: test chaos lint bench
+.PHONY: test chaos lint bench proto
 
 test:
 	./scripts/test
@@ -19,3 +19,7 @@ bench:
 	scripts/setup
 	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd
 	tini -s -- .venv/bin/python bench/run.py
+
+# The CRI v1 API's Python stubs, from the proto of cri-api v0.26 (gogoproto's options stripped: Python needs none).
+proto:
+	.venv/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. manager/cri/pb/api.proto

@@ -4,7 +4,7 @@ section pointing at the harness's registries.conf and at a bridge conflist in th
 pass (ALWAYS_SKIP aside: it pins an upstream digest). A second test runs the suite while the manager is SIGKILLed
 and restarted every 3-6 s, and reports how many specs still passed.
 
-Skipped, saying why, while shimd has no CRI server (`import manager.cri` fails)."""
+Skipped, saying why, while shimd has no CRI server (`import manager.cri.runtime_service` fails)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ MAX_KILLS = 200
 
 def cri_server_missing() -> str:
     """Why the tests cannot run, or "" when they can."""
-    p = subprocess.run([sys.executable, "-c", "import manager.cri"], capture_output=True, text=True, cwd=REPO,
+    p = subprocess.run([sys.executable, "-c", "import manager.cri.runtime_service"], capture_output=True, text=True, cwd=REPO,
                        timeout=60)
     if p.returncode != 0:
-        return "shimd has no CRI server yet (`import manager.cri` fails: " + \
+        return "shimd has no CRI server yet (`import manager.cri.runtime_service` fails: " + \
             (p.stderr.strip().splitlines() or ["?"])[-1] + ")"
     return ""
 

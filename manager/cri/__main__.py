@@ -1,0 +1,5 @@
+import sys
+
+from .front import main
+
+sys.exit(main())
