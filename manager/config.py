@@ -14,6 +14,13 @@
     stop_timeout = 10              # seconds between SIGTERM and SIGKILL for stop
     network = "bridge"             # for containers that name none: bridge, host, none or a network's name
 
+    [cri]                          # the Kubernetes CRI server (manager/cri/config.py documents its keys)
+    enabled = true
+    socket = ""                    # "": <state>/cri.sock
+
+SHIMD_CRI=0 in the environment turns the CRI server off whatever the file says (the test suite does, except in
+the CRI tests).
+
 SHIMD_DEFAULT_NETWORK in the environment overrides [container] network (the test suite runs containers with
 "none" so that only the networking tests, each in a network namespace of its own, make bridges and rules).
 """
@@ -29,10 +36,12 @@ from dataclasses import dataclass, field
 from shimproto.errors import ShimdError
 from shimproto.plans import check_network_mode
 
+from .cri.config import CriConfig, CriConfigError
 from .registry import Defaults
 
 DEFAULT_PATH = "/etc/shimd/config.toml"
 NETWORK_ENV = "SHIMD_DEFAULT_NETWORK"
+CRI_ENV = "SHIMD_CRI"
 
 
 class ConfigError(Exception):
@@ -52,6 +61,7 @@ class Config:
     memory_merge: bool = True
     cgroup_parent: str = ""  # "": derived from the root (_cgroup_parent)
     defaults: Defaults = field(default_factory=Defaults)
+    cri: CriConfig = field(default_factory=CriConfig)
 
     @property
     def socket(self) -> str:
@@ -103,7 +113,7 @@ def load(path: str | None, flags: dict) -> Config:
             raise ConfigError(f"config file {file}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {file}: {e}") from None
-    known = {"root", "state", "runtime", "socket_group", "memory_merge", "cgroup_parent", "container"}
+    known = {"root", "state", "runtime", "socket_group", "memory_merge", "cgroup_parent", "container", "cri"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"config file {file}: unknown keys {sorted(unknown)}")
@@ -133,6 +143,12 @@ def load(path: str | None, flags: dict) -> Config:
         if not isinstance(c["stop_timeout"], int | float) or not 0 <= c["stop_timeout"] <= 3600:
             raise ConfigError(f"config file {file}: container.stop_timeout must be 0..3600 seconds")
         cfg.defaults.stop_timeout = float(c["stop_timeout"])
+    try:
+        cfg.cri = CriConfig.from_toml(data.get("cri", {}), file)
+    except CriConfigError as e:
+        raise ConfigError(str(e)) from None
+    if os.environ.get(CRI_ENV) == "0":
+        cfg.cri = CriConfig(**{**cfg.cri.__dict__, "enabled": False})
     for key, value in flags.items():
         if value is not None:
             setattr(cfg, key, value)

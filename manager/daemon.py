@@ -25,6 +25,7 @@ from shimproto.rpc import MAX_PENDING, MAX_PENDING_ALL, Server
 from . import launcher
 from .commands import handlers
 from .config import Config
+from .crifront import Front
 from .registry import Registry, live_cmdline
 from .restore import restore
 from .store import Store
@@ -142,6 +143,8 @@ async def serve(cfg: Config) -> int:
         launcher.template = launcher.Template(memory_merge=cfg.memory_merge)
         launcher.template.begin()
     serving = asyncio.create_task(server.serve())
+    front = Front(cfg)
+    front.begin()
     m.background(collect_images(m))
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
             f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "
@@ -151,6 +154,7 @@ async def serve(cfg: Config) -> int:
     _notify("STOPPING=1")
     log.info("stopping; containers and shims keep running")
     serving.cancel()
+    await front.stop()
     if launcher.template is not None:
         await launcher.template.stop()
         launcher.template = None

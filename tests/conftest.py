@@ -26,6 +26,9 @@ pytest_plugins = ["tests.netns"]  # the network namespace fixtures of the networ
 # the networking tests (tests/test_network*.py) run their managers inside network namespaces they made, so no
 # bridge, address or NAT rule is ever made in the host's.
 os.environ.setdefault("SHIMD_DEFAULT_NETWORK", "none")
+# The CRI front (a process per manager, manager/crifront.py) runs only where a test asks for it (SHIMD_CRI=1 in
+# Env.manager_env): the CRI tests.
+os.environ.setdefault("SHIMD_CRI", "0")
 
 _bases: list[str] = []
 _ids: dict[str, set[str]] = {}  # base -> its container ids, kept after the base dir is removed

@@ -71,6 +71,7 @@ class Env(Cli):
     ids: set[str] = field(default_factory=set)  # every container id of the test, known after cleanup()
     managers: set[int] = field(default_factory=set)  # pids of every manager the test ran
     wrap: list[str] = field(default_factory=list)  # what every manager runs under unless told (a netns: nsenter)
+    manager_env: dict = field(default_factory=dict)  # over os.environ for every manager (the CRI tests: SHIMD_CRI=1)
 
     @property
     def root(self) -> str:
@@ -93,7 +94,7 @@ class Env(Cli):
                                                        self.state, *extra]
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **(env or {})}, cwd=REPO)
+                                         env={**os.environ, **self.manager_env, **(env or {})}, cwd=REPO)
         self.managers.add(self.proc.pid)
         wait_for(lambda: self._serving() or self._died(), 30, "the manager to serve")
         assert self.proc.poll() is None, f"manager exited: {self.manager_log()}"

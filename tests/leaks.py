@@ -9,7 +9,8 @@ and shim state, and its overlay at <state>/shims/<id>/bundle/rootfs inside its s
 other thing of the test is a leak:
 - a live process whose command line names the base dir, other than the manager (the pid in shimd.pid) and the
   listed shims: a shim the manager does not list, a second manager, a runc call that does not end, a client;
-  and the shim template (`shimd template --parent PID`) of a manager of the test other than the live one;
+  and the shim template (`shimd template --parent PID`) of a manager of the test other than the live one; and
+  a CRI front (`python -m manager.cri`) when no manager of the test lives, or a second one;
 - a process in the cgroup /shimd/<id> of a container of the test that is not listed as created, running or
   paused, found by cgroup membership whatever its parent chain; and any process below an unlisted shim;
 - a zombie that is a shim of the test (shim.pid, or the listing's shim_pid), or the child of the manager, of a
@@ -113,6 +114,11 @@ def shim_id(p: Proc, base: str) -> str | None:
 
 def is_manager(p: Proc, base: str) -> bool:
     return "manager" in p.argv and mentions(p, base)
+
+
+def is_cri_front(p: Proc) -> bool:
+    """The CRI front (`python -m manager.cri --state ...`): one may run beside the live manager of the test."""
+    return "-m" in p.argv and "manager.cri" in p.argv
 
 
 def template_of(p: Proc) -> int:
@@ -285,6 +291,12 @@ def _processes(s: Scan) -> list[str]:
             s.ours[p.pid] = f"shim template of manager {parent}"
             if parent != s.listing.manager_pid:
                 s.leaked[p.pid] = f"shim template of manager {parent}, which is gone"
+        elif is_cri_front(p) and mentions(p, s.base):
+            s.ours[p.pid] = "CRI front"
+            fronts = [q for q in s.ours.values() if q == "CRI front"]
+            if not s.listing.manager_pid or len(fronts) > 1:
+                s.leaked[p.pid] = "CRI front " + ("of no live manager" if not s.listing.manager_pid else
+                                                  "beside another one")
         elif mentions(p, s.base):
             s.ours[p.pid] = s.leaked[p.pid] = "names the test's base dir"
         elif cids := cgroup_ids(p) & s.ids:

@@ -4,7 +4,7 @@ section pointing at the harness's registries.conf and at a bridge conflist in th
 pass (ALWAYS_SKIP aside: it pins an upstream digest). A second test runs the suite while the manager is SIGKILLed
 and restarted every 3-6 s, and reports how many specs still passed.
 
-Skipped, saying why, while shimd has no CRI server (`import manager.cri.runtime_service` fails)."""
+Skipped, saying why, while shimd has no CRI server (`import manager.cri.image_service` fails)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ MAX_KILLS = 200
 
 def cri_server_missing() -> str:
     """Why the tests cannot run, or "" when they can."""
-    p = subprocess.run([sys.executable, "-c", "import manager.cri.runtime_service"], capture_output=True, text=True, cwd=REPO,
-                       timeout=60)
+    p = subprocess.run([sys.executable, "-c", "import manager.cri.image_service"], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
     if p.returncode != 0:
-        return "shimd has no CRI server yet (`import manager.cri.runtime_service` fails: " + \
+        return "shimd has no CRI server yet (`import manager.cri.image_service` fails: " + \
             (p.stderr.strip().splitlines() or ["?"])[-1] + ")"
     return ""
 
@@ -73,6 +73,7 @@ def cri_manager(crit: CritestEnv, bare_env: Env):
     harness's teardown then removes what is left and checks that nothing survived)."""
     config, endpoint = write_config(bare_env, crit)
     bare_env.wrap = crit.enter()
+    bare_env.manager_env["SHIMD_CRI"] = "1"
     bare_env.start_manager("--config", config)
     wait_cri(crit, endpoint, bare_env)
     yield bare_env, config, endpoint

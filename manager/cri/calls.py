@@ -57,6 +57,13 @@ class Manager:
             c = self._local.client = Client(self.socket_path, timeout=CALL_TIMEOUT)
         return c
 
+    def release(self) -> None:
+        """Close the calling thread's client (threads that end: a stream's pumps)."""
+        c = getattr(self._local, "client", None)
+        if c is not None:
+            self._local.client = None
+            c.close()
+
     def call(self, method: str, params: dict | None = None, timeout: float | None = None,
              idempotent: bool = False) -> Any:
         return self.client().call(method, params, timeout=timeout, idempotent=idempotent)

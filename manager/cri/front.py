@@ -47,9 +47,9 @@ def claim(state: str) -> int | None:
 
 
 def build(cfg: CriConfig, state: str, manager: Manager) -> tuple[grpc.Server, object]:
+    from .image_service import ImageService
     from .pb import api_pb2_grpc
     from .runtime_service import RuntimeService
-    from .image_service import ImageService
     from .streambackend import StreamBackend
     from .streaming import StreamingServer
 
