@@ -23,11 +23,11 @@ import threading
 import pytest
 
 from manager.cri.streaming import AttachRequest, ClientGone, ExecRequest, StreamIO, TerminalSize
-from tests.harness import REPO
+from tests.harness import REPO, shared_tools
 
 CACHE = "/var/cache/shimd-tests"
 CRI_TOOLS_TREE = "/tmp/crit"
-CRI_TOOLS_TARBALL = "/work/shared/tools/cri-tools-v1.26.1.tar.xz"
+CRI_TOOLS_TARBALL = os.path.join(shared_tools(), "cri-tools-v1.26.1.tar.xz")
 GO = "/usr/bin/go"
 
 

@@ -33,9 +33,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from tests import cri_images
+from tests.harness import shared_tools
 
 CRITEST = "/usr/local/bin/critest"
-BUILD_SCRIPT = "/work/shared/tools/build-cri-tools.sh"
+BUILD_SCRIPT = os.path.join(shared_tools(), "build-cri-tools.sh")
 MIRRORED = ("registry.k8s.io", "gcr.io")
 ALWAYS_SKIP = ("public image with digest",)  # pins an upstream digest no stand-in can have
 _count = itertools.count()

@@ -20,6 +20,16 @@ import psutil
 from tests import leaks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shared_tools() -> str:
+    """The third-party test tools beside the project (../shared/tools of the checkout; SHIMD_SHARED_TOOLS
+    overrides, and a checkout elsewhere falls back to /work/shared/tools, where this machine kind keeps them)."""
+    env = os.environ.get("SHIMD_SHARED_TOOLS")
+    if env:
+        return env
+    beside = os.path.join(os.path.dirname(REPO), "shared", "tools")
+    return beside if os.path.isdir(beside) else "/work/shared/tools"
 PY = sys.executable
 BASE_PREFIX = "/tmp/sdt-"
 
