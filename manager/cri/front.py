@@ -39,11 +39,15 @@ def claim(state: str) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    return fd
+
+
+def write_pid(state: str) -> None:
+    """<state>/cri.pid, once the socket serves (so a pid there means calls are answered)."""
     tmp = os.path.join(state, PID_NAME + ".tmp")
     with open(tmp, "w") as f:
         f.write(f"{os.getpid()}\n")
     os.replace(tmp, os.path.join(state, PID_NAME))
-    return fd
 
 
 def build(cfg: CriConfig, state: str, manager: Manager) -> tuple[grpc.Server, object]:
@@ -84,6 +88,7 @@ def serve(cfg: CriConfig, state: str, manager_socket: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     server.start()
+    write_pid(state)
     log.info("CRI on unix://%s, streaming on %s", cfg.socket_path(state), streaming.base_url)  # type: ignore
     done.wait()
     log.info("stopping")
