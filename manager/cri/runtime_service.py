@@ -10,6 +10,7 @@ import os
 import threading
 
 from shimproto.errors import InvalidState, NotFound
+from shimproto.model import RUNNING
 
 from . import specs, views
 from .calls import Manager, new_id, rpc
@@ -246,7 +247,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     @rpc
     def ReopenContainerLog(self, request, context):
         view, _ = self._find(CONTAINER, request.container_id)
-        if view.get("status") != "running":
+        if view.get("status") != RUNNING:
             raise InvalidState(f"container {view['id']} is not running")
         self.m.call("reopen_log", {"id": view["id"]})
         return pb.ReopenContainerLogResponse()
@@ -287,7 +288,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
 
     def _stats(self, view: dict, meta: CriMeta) -> pb.ContainerStats:
         raw = None
-        if view.get("status") in ("running", "paused"):
+        if view.get("status") in views.ALIVE:
             try:
                 raw = self.m.query("stats", {"id": view["id"]})
             except Exception as e:  # a container that stopped meanwhile has zeros

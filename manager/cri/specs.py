@@ -120,7 +120,8 @@ def _user(sc: pb.LinuxContainerSecurityContext) -> str:
 
 def seccomp_opt(sc: pb.LinuxContainerSecurityContext) -> list[str]:
     """The security_opt of a seccomp profile: the runtime's default, unconfined, or a file of this host
-    (`localhost/<absolute path>` in the deprecated field, an absolute localhost_ref in the typed one)."""
+    (`localhost/<absolute path>` in the deprecated field, an absolute localhost_ref in the typed one). A container
+    that names no profile at all runs unconfined, as CRI defines it (kubelet sends RuntimeDefault when asked)."""
     if sc.privileged:
         return ["seccomp=unconfined"]
     path = ""
@@ -132,7 +133,9 @@ def seccomp_opt(sc: pb.LinuxContainerSecurityContext) -> list[str]:
             path = sc.seccomp.localhost_ref
             if not path:
                 raise InvalidArgument("seccomp profile type Localhost needs localhost_ref")
-    elif sc.seccomp_profile_path:
+    elif not sc.seccomp_profile_path:
+        return ["seccomp=unconfined"]  # CRI's default when neither field is set (containerd's too)
+    else:
         p = sc.seccomp_profile_path
         if p == "unconfined":
             return ["seccomp=unconfined"]

@@ -13,7 +13,8 @@ import os
 import socket
 import threading
 
-from shimproto.errors import NotFound, ShimdError
+from shimproto.errors import InvalidState, NotFound
+from shimproto.model import RUNNING
 
 from .calls import Manager
 from .execsync import POLL, end, pump_output, wait_exit
@@ -121,8 +122,8 @@ class StreamBackend:
         meta = CriMeta.of(view)
         if meta is None or meta.kind != SANDBOX:
             raise NotFound(f"pod sandbox {pod_sandbox_id} not found")
-        if view.get("status") != "running" or not view.get("pid"):
-            raise ShimdError(f"pod sandbox {pod_sandbox_id} is not running")
+        if view.get("status") != RUNNING or not view.get("pid"):
+            raise InvalidState(f"pod sandbox {pod_sandbox_id} is not running")
         if view.get("network") == "host":
             return socket.create_connection(("127.0.0.1", port), timeout=10)
         return connect_in_netns(int(view["pid"]), port)

@@ -6,22 +6,21 @@ import json
 import os
 import time
 
+from shimproto.model import CREATED, PAUSED, RESTARTING, RUNNING, STOPPED
+
 from .meta import CriMeta, ns
 from .pb import api_pb2 as pb
 
-CONTAINER_STATES = {"created": pb.CONTAINER_CREATED, "running": pb.CONTAINER_RUNNING,
-                    "paused": pb.CONTAINER_RUNNING, "restarting": pb.CONTAINER_RUNNING,
-                    "stopped": pb.CONTAINER_EXITED, "exited": pb.CONTAINER_EXITED}
+CONTAINER_STATES = {CREATED: pb.CONTAINER_CREATED, RUNNING: pb.CONTAINER_RUNNING, PAUSED: pb.CONTAINER_RUNNING,
+                    RESTARTING: pb.CONTAINER_RUNNING, STOPPED: pb.CONTAINER_EXITED}
+ALIVE = (RUNNING, PAUSED)
 
 
 def sandbox_state(view: dict) -> int:
-    return pb.SANDBOX_READY if view.get("status") in ("running", "paused") else pb.SANDBOX_NOTREADY
+    return pb.SANDBOX_READY if view.get("status") in ALIVE else pb.SANDBOX_NOTREADY
 
 
 def container_state(view: dict) -> int:
-    if view.get("status") in ("stopped", "exited") or view.get("exit_code") is not None and \
-            view.get("status") not in ("running", "paused", "created"):
-        return pb.CONTAINER_EXITED
     return CONTAINER_STATES.get(view.get("status", ""), pb.CONTAINER_UNKNOWN)
 
 
