@@ -123,8 +123,8 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     def _pull(self, params: dict, context: grpc.ServicerContext) -> dict:
         """The manager's pull; while another pull of the same reference is under way (the manager refuses a
         second: kubelet pulls an image once per pod that needs it), wait for that one and take its image."""
-        left = context.time_remaining()
-        deadline = time.monotonic() + (PULL_TIMEOUT if left is None else left)
+        left = context.time_remaining()  # None, or near-infinite (grpcio's "no deadline" from some clients)
+        deadline = time.monotonic() + (PULL_TIMEOUT if left is None else min(left, PULL_TIMEOUT))
         while True:
             try:
                 return self.manager.call("pull", params, timeout=max(1.0, deadline - time.monotonic()))
