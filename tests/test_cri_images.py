@@ -23,6 +23,7 @@ from manager.cri.config import CriConfig
 from manager.cri.image_service import ImageService
 from manager.cri.pb import api_pb2, api_pb2_grpc
 from tests import cri_images, imagekit
+from tests.critest_env import critest_env, run_critest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,17 +69,31 @@ def world():
         w.close()
 
 
-@pytest.fixture
-def cri(env, world):
-    """An ImageService stub: the service in a gRPC server of this process, on a unix socket in env's base dir,
-    over env's manager, with world's registries.conf."""
-    manager = Manager(env.sock)
-    service = ImageService(CriConfig(registries_conf=world.conf), env.state, manager)
+class VersionOnly(api_pb2_grpc.RuntimeServiceServicer):
+    """The one runtime call critest's client makes before the image specs: which CRI version is served."""
+
+    def Version(self, request, context):
+        return api_pb2.VersionResponse(version="0.1.0", runtime_name="shimd", runtime_version="test",
+                                       runtime_api_version="v1")
+
+
+def serve(env, registries_conf: str) -> tuple[grpc.Server, str]:
+    """The ImageService (and VersionOnly) in a gRPC server of this process, on a unix socket in env's base dir,
+    over env's manager."""
+    service = ImageService(CriConfig(registries_conf=registries_conf), env.state, Manager(env.sock))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     api_pb2_grpc.add_ImageServiceServicer_to_server(service, server)
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(VersionOnly(), server)
     sock = os.path.join(env.base, "cri-images.sock")
     assert server.add_insecure_port("unix:" + sock)
     server.start()
+    return server, sock
+
+
+@pytest.fixture
+def cri(env, world):
+    """An ImageService stub over env's manager, with world's registries.conf."""
+    server, sock = serve(env, world.conf)
     channel = grpc.insecure_channel("unix:" + sock)
     try:
         yield api_pb2_grpc.ImageServiceStub(channel)
@@ -221,3 +236,17 @@ def test_image_fs_info_is_the_stores_directory_and_what_it_holds(cri, env):
         return int(out.split()[0])
 
     assert fs.used_bytes.value == du("-B1") > 1 << 20 and fs.inodes_used.value == du("--inodes") > 10
+
+
+def test_critest_image_specs_pass(bare_env):
+    """critest's "Image Manager" specs (the stand-ins under their upstream names, via critest_env's registries.conf
+    mirrors), the manager inside critest_env's namespaces as test_critest runs it."""
+    with critest_env() as crit:
+        bare_env.wrap = crit.enter()
+        bare_env.start_manager()
+        server, sock = serve(bare_env, crit.registries_conf)
+        try:
+            result = run_critest(f"unix://{sock}", crit, focus="Image Manager", timeout=600)
+        finally:
+            server.stop(0).wait()
+    assert result.failed == [] and len(result.passed) >= 6, result.summary() + "\n" + result.failure_table()
