@@ -188,12 +188,16 @@ def classify(command: str, stderr: str, exit_code: int) -> SkopeoError:
 
 class Skopeo:
     def __init__(self, monitor: Monitor, binary: str = "skopeo", platform: Platform = Platform(),
-                 tmpdir: str | None = None, policy: str = "") -> None:
+                 tmpdir: str | None = None, policy: str = "", registries_conf: str = "") -> None:
         self.monitor = monitor
         self.binary = binary
         self.platform = platform
         self.tmpdir = tmpdir  # skopeo's big temporary files (archives are unpacked there), and our stderr files
         self.policy = policy
+        # a containers-registries.conf(5) in place of the system's: mirrors, insecure (plain HTTP) registries,
+        # blocked ones. A global flag (hidden in skopeo's help, there since 1.0): it applies to every docker://
+        # reference of the command, mirrors resolved per endpoint.
+        self.registries_conf = registries_conf
 
     def _global(self) -> list[str]:
         out = [self.binary, *self.platform.args()]
@@ -201,6 +205,8 @@ class Skopeo:
             out += ["--tmpdir", self.tmpdir]
         if self.policy:
             out += ["--policy", self.policy]
+        if self.registries_conf:
+            out += ["--registries-conf", self.registries_conf]
         return out
 
     async def _run(self, sub: list[str], stdout: int | None = None) -> None:

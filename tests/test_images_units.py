@@ -209,6 +209,15 @@ def test_skopeo_options_render_to_argv_and_its_errors_are_typed():
     assert type(skopeo.classify("skopeo copy", "", 2)) is skopeo.SkopeoError
 
 
+def test_a_registries_conf_is_a_global_flag_of_skopeo_given_only_when_set():
+    plain = skopeo.Skopeo(monitor=None, platform=skopeo.Platform(arch="amd64"))  # type: ignore[arg-type]
+    assert "--registries-conf" not in plain._global()
+    conf = skopeo.Skopeo(monitor=None, platform=skopeo.Platform(arch="amd64"),  # type: ignore[arg-type]
+                         registries_conf="/etc/r.conf")
+    argv = conf._global()
+    assert argv[argv.index("--registries-conf") + 1] == "/etc/r.conf"
+
+
 def test_overlay_options_past_a_page_are_caught_before_a_mount():
     lowers = ":".join(f"/var/lib/shimd/images/layers/sha256/{'a' * 64}" for _ in range(38))
     assert len(overlay_data(lowers, "/u", "/w")) <= MOUNT_DATA_MAX

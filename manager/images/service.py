@@ -130,8 +130,8 @@ class Images:
         async with self.lock:
             return await asyncio.to_thread(lambda: self.content.gc(self.in_use()[0]))
 
-    def skopeo(self, platform: Platform) -> Skopeo:
-        return Skopeo(AsyncMonitor(), platform=platform, tmpdir=self.content.ingest)
+    def skopeo(self, platform: Platform, registries_conf: str = "") -> Skopeo:
+        return Skopeo(AsyncMonitor(), platform=platform, tmpdir=self.content.ingest, registries_conf=registries_conf)
 
     # --- lookups ---------------------------------------------------------------------------------------------
 
@@ -171,7 +171,7 @@ class Images:
     # --- into the store ------------------------------------------------------------------------------------------
 
     async def _transfer(self, source: str, src: str, opts: CopyOpts, platform: Platform,
-                        tags: list[str]) -> dict:
+                        tags: list[str], registries_conf: str = "") -> dict:
         if source in self.transfers:
             raise AlreadyExists(f"{source} is being pulled or imported already")
         ingest = self.content.new_ingest("transfer-")
@@ -179,7 +179,7 @@ class Images:
         try:
             try:
                 with open(t.progress_path, "wb") as progress:
-                    await self.skopeo(platform).copy(src, transport("oci", t.layout, "img"), opts,
+                    await self.skopeo(platform, registries_conf).copy(src, transport("oci", t.layout, "img"), opts,
                                                      progress=progress.fileno())
             except SkopeoError as e:
                 raise from_skopeo(e, source) from None
@@ -209,12 +209,17 @@ class Images:
             self.transfers.pop(source, None)
             shutil.rmtree(ingest, ignore_errors=True)
 
-    async def pull(self, text: str, tls_verify: bool, authfile: str, platform: Platform) -> dict:
+    async def pull(self, text: str, tls_verify: bool, authfile: str, platform: Platform,
+                   registries_conf: str = "") -> dict:
+        """registries_conf (a containers-registries.conf file) replaces the system's for this pull: where the
+        registry's mirrors are and which are plain HTTP. tls_verify true leaves that to the file (skopeo is given
+        no --src-tls-verify); false makes every endpoint plain HTTP."""
         ref = reference.parse(text)
-        _check_authfile(authfile)
+        _check_file("authfile", authfile)
+        _check_file("registries_conf", registries_conf)
         opts = CopyOpts(src_tls_verify=None if tls_verify else False, authfile=authfile, quiet=False)
         return await self._transfer(str(ref), transport("docker", str(ref)), opts, platform,
-                                    [str(ref)] if ref.tag and not ref.digest else [])
+                                    [str(ref)] if ref.tag and not ref.digest else [], registries_conf)
 
     async def import_(self, path: str, tag: str, platform: Platform, ref: str = "") -> dict:
         """ref picks one image of an archive or layout holding several (a docker archive's name, a layout's
@@ -353,7 +358,7 @@ class Images:
             raise
 
     async def push(self, name: str, dest: str, tls_verify: bool, authfile: str) -> None:
-        _check_authfile(authfile)
+        _check_file("authfile", authfile)
         ref = reference.parse(dest or name)
         await self._out(name, transport("docker", str(ref)),
                         CopyOpts(dest_tls_verify=None if tls_verify else False, authfile=authfile), str(ref))
@@ -367,6 +372,8 @@ def _normalized(name: str) -> str:
         return ""
 
 
-def _check_authfile(path: str) -> None:
+def _check_file(param: str, path: str) -> None:
+    """A file a pull or push was given: checked here, because skopeo's own "no such file" reads as a missing
+    image (runtime/skopeo.py's rules)."""
     if path and (not os.path.isabs(path) or not os.path.isfile(path)):
-        raise InvalidArgument(f"authfile {path!r}: no such file (give an absolute path)")
+        raise InvalidArgument(f"{param} {path!r}: no such file (give an absolute path)")
