@@ -2,24 +2,20 @@
 of its own (as every test gets one, tests/harness.py) run inside the namespaces of tests/critest_env.py, its [cri]
 section pointing at the harness's registries.conf and at a bridge conflist in the test's base dir. Every spec must
 pass (ALWAYS_SKIP aside: it pins an upstream digest). A second test runs the suite while the manager is SIGKILLed
-and restarted every 3-6 s, and reports how many specs still passed.
-
-Skipped, saying why, while shimd has no CRI server (`import manager.cri.image_service` fails)."""
+and restarted every 3-6 s, and reports how many specs still passed."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from tests.critest_env import CritestEnv, critest_env, run_critest
-from tests.harness import REPO, Env
+from tests.harness import Env
 
 CRICTL = "/usr/local/bin/crictl"
 CRITEST_TIMEOUT = 1200
@@ -27,18 +23,7 @@ KILL_EVERY = (3.0, 6.0)  # seconds between two SIGKILLs of the manager, drawn at
 MAX_KILLS = 200
 
 
-def cri_server_missing() -> str:
-    """Why the tests cannot run, or "" when they can."""
-    p = subprocess.run([sys.executable, "-c", "import manager.cri.image_service"], capture_output=True, text=True,
-                       cwd=REPO, timeout=60)
-    if p.returncode != 0:
-        return "shimd has no CRI server yet (`import manager.cri.image_service` fails: " + \
-            (p.stderr.strip().splitlines() or ["?"])[-1] + ")"
-    return ""
-
-
-_missing = cri_server_missing()
-pytestmark = [pytest.mark.skipif(bool(_missing), reason=_missing), pytest.mark.timeout(CRITEST_TIMEOUT + 300)]
+pytestmark = [pytest.mark.timeout(CRITEST_TIMEOUT + 300)]
 
 
 def write_config(env: Env, crit: CritestEnv) -> tuple[str, str]:
