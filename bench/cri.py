@@ -37,11 +37,27 @@ from systems import Shimd, _stop
 from util import REPO, manager_cmd, median, rotate, run, say, wait_for
 
 from tests import cri_images
+from tests.harness import shared_tools
 from tests.imagekit import Registry
 
 CRICTL = "/usr/local/bin/crictl"
 STEPS = ("runp", "create", "start")
 PAUSE_NAME, BUSYBOX_NAME = "bench/pause:3.6", "bench/busybox:1.29"
+
+
+def ensure_crictl() -> None:
+    """crictl, built (offline, from vendored source) by the shared script of the test tools when missing."""
+    if not os.access(CRICTL, os.X_OK):
+        say(f"cri: building crictl into {os.path.dirname(CRICTL)}")
+        subprocess.run(["bash", os.path.join(shared_tools(), "build-cri-tools.sh")], check=True, timeout=1800,
+                       env={**os.environ, "OUT": os.path.dirname(CRICTL)}, stdin=subprocess.DEVNULL)
+
+
+def untracked() -> list[str]:
+    """Python files of the project present but not committed (they take part in what is measured)."""
+    p = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=all", "--", "manager",
+                        "shimd", "shimproto", "runtime", "shimctl"], capture_output=True, text=True)
+    return [ln[3:] for ln in p.stdout.splitlines() if ln.startswith("??") and ln.endswith(".py")]
 
 
 class Images:
@@ -257,6 +273,7 @@ def measure(base: str, prefix: str, started: float, n: int, systems: list) -> di
     """n pods per runtime, alternating; every daemon made is appended to systems (the caller cleans them up)."""
     d = os.path.join(base, "cri")
     os.makedirs(d)
+    ensure_crictl()
     say("cri: stand-in images (tests/cri_images.py), a registry on 127.0.0.1")
     images = Images()
     systems.append(images)
@@ -278,6 +295,7 @@ def measure(base: str, prefix: str, started: float, n: int, systems: list) -> di
         for s in rotate([shimd, ctd], i):
             out["samples"][s.name].append(one_pod(s, d, images.busybox, f"{prefix}-{s.name[0]}{i}"))
     out["images"] = (images.pause, images.busybox)
+    out["untracked"] = untracked()
     return out
 
 
@@ -318,7 +336,11 @@ def section(res: dict | None, took: float, note: str = "") -> list[str]:
         "images pulled with `crictl pull`. **Host network for both pods** (namespace_options network NODE): "
         "shimd's CNI pods need the spec field `conflist`, which main's ContainerSpec does not have yet, so pod "
         "networking through CNI (a bridge and host-local IPAM: each runtime's largest cost of a `runp`) is not in "
-        f"these figures. The CRI part took {took:.0f} s (skip it with BENCH_CRI=0; run it alone with BENCH_ONLY=cri).")
+        "these figures. shimd's state directory was /run/shimd-<run id> rather than under the bench's temp dir: "
+        "a CRI id is 64 hex digits and the shim's socket, <state>/shims/<id>/shim.sock, must fit in 107 bytes."
+        + (f" Uncommitted files present in the project: {', '.join(res['untracked'])}." if res.get("untracked")
+           else "")
+        + f" The CRI part took {took:.0f} s (skip it with BENCH_CRI=0; run it alone with BENCH_ONLY=cri).")
     return head + ([note, ""] if note else []) + [*table(rows), "", *spread, "", text, ""]
 
 
