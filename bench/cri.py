@@ -12,7 +12,8 @@ not on main yet), containerd with `crictl pull` (its hosts.toml makes the regist
 `[cri] sandbox_image` and containerd's `sandbox_image` are the same pause reference.
 
 Network: host network for both (namespace_options network NODE): shimd's CNI pods need the spec field `conflist`,
-which main's ContainerSpec does not have yet (it ignores the key), so a CNI pod there would get no pod network.
+which main's ContainerSpec does not have yet (it ignores the key): tried, a pod without host network got the
+manager's default network (`none` here) and no IP.
 Nothing here touches the host's network.
 
 Everything either daemon makes stays under the bench's directory (containerd: root, state, runc root, its CRI
@@ -334,8 +335,9 @@ def section(res: dict | None, took: float, note: str = "") -> list[str]:
         "shimd: its CRI front (`python -m manager.cri`) before a manager set up as for the figures above, images "
         "pulled with `shimctl pull`; containerd 1.6: its CRI plugin with runc.v2 and the overlayfs snapshotter, "
         "images pulled with `crictl pull`. **Host network for both pods** (namespace_options network NODE): "
-        "shimd's CNI pods need the spec field `conflist`, which main's ContainerSpec does not have yet, so pod "
-        "networking through CNI (a bridge and host-local IPAM: each runtime's largest cost of a `runp`) is not in "
+        "shimd's CNI pods need the spec field `conflist`, which main's ContainerSpec does not have yet (it drops "
+        "the key: a pod without host network gets the manager's default network and no IP), so pod networking "
+        "through CNI (a bridge and host-local IPAM: each runtime's largest cost of a `runp`) is not in "
         "these figures. shimd's state directory was /run/shimd-<run id> rather than under the bench's temp dir: "
         "a CRI id is 64 hex digits and the shim's socket, <state>/shims/<id>/shim.sock, must fit in 107 bytes."
         + (f" Uncommitted files present in the project: {', '.join(res['untracked'])}." if res.get("untracked")
