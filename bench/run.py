@@ -14,7 +14,9 @@ Usage, as root (`make bench` sets things up and runs this under `tini -s` so tha
 Environment: BENCH_QUICK=1 (3 iterations, 5 containers, no scale part, logs.py small, written to
 /tmp/shimd-bench-quick.md unless --out: for checking that it works, its numbers are not results);
 BENCH_N, BENCH_CONTAINERS, BENCH_SCALE (0 skips the scale part), BENCH_RESTORES, BENCH_OUT, BENCH_LOGS=0 (skip
-bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600).
+bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600), BENCH_CRI (pods per
+runtime for the CRI part, bench/cri.py; 0 skips it), BENCH_ONLY=cri (only the CRI part: its section replaces the
+one in --out, the rest of that file kept).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 
+import cri
 import figures
 import images
 import psutil
@@ -60,6 +63,8 @@ def options() -> argparse.Namespace:
                     help="containers running at once on shimd for the scale figures (0: skip)")
     ap.add_argument("--images", type=int, default=_env_int("BENCH_IMAGES", 1 if quick else 5),
                     help="pulls per system for the image figures (0: skip them)")
+    ap.add_argument("--cri", type=int, default=_env_int("BENCH_CRI", 3 if quick else 10),
+                    help="pods per runtime for the CRI figures (0: skip them)")
     ap.add_argument("--restores", type=int, default=_env_int("BENCH_RESTORES", 2 if quick else 5),
                     help="daemon restarts per restore figure")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT") or (
@@ -67,6 +72,9 @@ def options() -> argparse.Namespace:
         else os.path.join(REPO, "docs", "benchmarks.md")))
     a = ap.parse_args()
     a.quick = quick
+    a.only = os.environ.get("BENCH_ONLY", "")
+    if a.only not in ("", "cri"):
+        ap.error(f"BENCH_ONLY={a.only}: only 'cri' is known")
     a.settle = 1.0 if quick else 3.0
     a.exits = _env_int("BENCH_EXITS", a.n if quick else max(10, a.n))  # a full run takes >= 10 samples
     a.scale_restores = min(a.restores, 3)
@@ -186,6 +194,27 @@ def _stop(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)  # cleanup runs in the finally blocks
 
 
+def cleanup_systems(systems: list) -> None:
+    while systems:
+        s = systems.pop()
+        try:
+            s.cleanup()
+        except Exception as e:  # noqa: BLE001 - the other systems must still be cleaned
+            say(f"cleanup of {s.name}: {e}")
+
+
+def measure_cri(a: argparse.Namespace, base: str, prefix: str, started: float, out: dict) -> None:
+    """The CRI part alone, after the other systems are gone; a failure is reported in its section."""
+    cleanup_systems(out["systems"])
+    t0 = time.monotonic()
+    try:
+        out["cri"] = cri.measure(base, prefix, started, a.cri, out["systems"])
+    except Exception as e:  # noqa: BLE001 - the other figures still get written
+        say(f"cri: FAILED: {e}")
+        out["cri"] = {"error": " ".join(str(e).split())[:1500]}
+    out.setdefault("took", {})["cri"] = time.monotonic() - t0
+
+
 def measure(a: argparse.Namespace, base: str, prefix: str, started: float, out: dict) -> None:
     shimd = Shimd(base, started)
     out["systems"] = [shimd]
@@ -299,6 +328,7 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
                   f"The scale part took {out['took']['scale']:.0f} s (skip it with BENCH_SCALE=0).", ""]
     else:
         lines += ["## Scale (goal 6)", "", "_Skipped in this run (BENCH_SCALE=0 or quick mode)._", ""]
+    lines += cri.section(out.get("cri"), out["took"].get("cri", 0))
     lines += ["## Logs (goal 5)", "", logs, ""]
     return "\n".join(lines)
 
@@ -326,17 +356,16 @@ def main() -> int:
     ok = False
     ksm_run = figures.ksm_setting()  # the manager starts ksmd (memory_merge): put the host's setting back after
     try:
-        measure(a, base, prefix, started, out)
-        ok = True
+        if not a.only:
+            measure(a, base, prefix, started, out)
+        if a.cri:
+            measure_cri(a, base, prefix, started, out)
+        ok = "error" not in out.get("cri", {}) or not a.only
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second signal must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
         say("cleaning up")
-        for s in reversed(out["systems"]):
-            try:
-                s.cleanup()
-            except Exception as e:  # noqa: BLE001 - the other systems must still be cleaned
-                say(f"cleanup of {s.name}: {e}")
+        cleanup_systems(out["systems"])
         sweep(base, prefix)
         figures.ksm_setting(ksm_run)
         left = leftovers(base, prefix)
@@ -347,8 +376,13 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     if not ok:
         return 1
-    logs = logs_table(a)
-    text = render(a, m, out, logs, began, time.monotonic() - t_start, (load0, os.getloadavg()[0]))
+    if a.only:
+        note = cri.own_run_note(began, time.monotonic() - t_start, (load0, os.getloadavg()[0]), m["commit"])
+        old = open(a.out).read() if os.path.exists(a.out) else "# Benchmarks\n"
+        text = cri.splice(old, cri.section(out.get("cri"), out["took"].get("cri", 0), note))
+    else:
+        logs = logs_table(a)
+        text = render(a, m, out, logs, began, time.monotonic() - t_start, (load0, os.getloadavg()[0]))
     with open(a.out, "w") as f:
         f.write(text)
     print(text)

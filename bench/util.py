@@ -17,13 +17,13 @@ PY = os.path.join(REPO, ".venv", "bin", "python")
 MiB = 2**20
 
 
-def manager_cmd(root: str, state: str) -> tuple[list[str], dict[str, str]]:
+def manager_cmd(root: str, state: str, extra: str = "") -> tuple[list[str], dict[str, str]]:
     """The command and environment of a shimd manager whose containers have no network, as `ctr run` and a bare
     runc bundle make them: the figures compare the same work (bridge networking through the CNI plugins is a
-    create's largest cost), and the benchmark never touches the host's network."""
+    create's largest cost), and the benchmark never touches the host's network. extra: more of its config file."""
     config = os.path.join(os.path.dirname(root), f"{os.path.basename(root)}-config.toml")
     with open(config, "w") as f:
-        f.write('[container]\nnetwork = "none"\n')
+        f.write('[container]\nnetwork = "none"\n' + extra)
     env = {k: v for k, v in os.environ.items() if k != "SHIMD_DEFAULT_NETWORK"}
     return [PY, "-m", "manager", "--config", config, "--root", root, "--state", state], env
 
