@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import stat
 
 from runtime.bundle import INIT_PATH
@@ -21,11 +22,13 @@ from shimproto.plans import (
     HOST,
     NONE,
     MountPlan,
+    NamespacePlan,
     NetworkPlan,
     PortMapping,
     TmpfsSpec,
     VolumeSpec,
 )
+from shimproto.pod import NAMESPACES, ns_target
 from shimproto.runflags import DeviceSpec
 from shimproto.spec import ContainerSpec
 
@@ -37,20 +40,71 @@ log = logging.getLogger("shimd.manager")
 INITS = ("tini-static", "catatonit")  # --init's reaper: static binaries, so any image can run them
 
 
+def _running(r: Registry, id: str, what: str) -> Entry:
+    target = r.get(id)
+    if target.status.get("status") not in (RUNNING, PAUSED) or not target.status.get("pid"):
+        raise InvalidState(f"cannot join the {what} of container {target.id}: it is not running")
+    return target
+
+
 def network_plan(r: Registry, spec: ContainerSpec) -> NetworkPlan:
+    """What the shim attaches. A container joining another's network shares its /etc/hostname, hosts and
+    resolv.conf too (docker's container:ID), each unless the joining one asks for its own (shimd/etcfiles.py)."""
     mode = spec.network
+    if spec.conflist is not None:  # given directly (a CRI pod's): no network of ours, no peers
+        return NetworkPlan(mode="cni", network=spec.conflist["name"], conflist=spec.conflist,
+                           ports=[PortMapping.parse(p) for p in spec.publish], peers=[])
     if mode in (HOST, NONE):
         return NetworkPlan(mode=mode)
     if mode.startswith(CONTAINER_PREFIX):
-        target = r.get(mode[len(CONTAINER_PREFIX):])
-        if target.status.get("status") not in (RUNNING, PAUSED) or not target.status.get("pid"):
-            raise InvalidState(f"cannot join the network of container {target.id}: it is not running")
+        target = _running(r, mode[len(CONTAINER_PREFIX):], "network")
+        files = r.store.dir(target.id)
         if target.meta.spec.network == HOST:
-            return NetworkPlan(mode=HOST)
-        return NetworkPlan(mode="join", join=f"/proc/{target.status['pid']}/ns/net")
+            return NetworkPlan(mode=HOST, files=files)
+        return NetworkPlan(mode="join", join=f"/proc/{target.status['pid']}/ns/net", files=files)
     net = r.networks.get(mode)
     return NetworkPlan(mode="cni", network=net.name, conflist=net.conflist(r.networks.ipam_dir),
                        ports=[PortMapping.parse(p) for p in spec.publish], peers=peers(r, net.name))
+
+
+def hostname_of(r: Registry, e: Entry, depth: int = 0) -> str:
+    """The name a container's uts namespace has: its own, the host's, or the one of the container it joined
+    (uts, else network, as docker names a container that joins another's network after it)."""
+    spec = e.meta.spec
+    if spec.uts == HOST:
+        return socket.gethostname()
+    joined = ns_target(spec.uts) or ("" if spec.hostname else ns_target(spec.network))
+    if joined and joined in r.entries and depth < 8:
+        return hostname_of(r, r.entries[joined], depth + 1)
+    return spec.hostname or e.id
+
+
+def namespace_plan(r: Registry, spec: ContainerSpec) -> NamespacePlan:
+    """ipc, pid and uts resolved: container:ID becomes the path of that running container's namespace (its
+    init's), or "host" when that container has the host's; with uts not its own, the name the container has."""
+    out = NamespacePlan()
+    for kind in NAMESPACES:
+        mode = getattr(spec, kind)
+        if mode == HOST:
+            setattr(out, kind, HOST)
+        elif ns_target(mode):
+            target = _running(r, ns_target(mode), f"{kind} namespace")
+            shared = getattr(target.meta.spec, kind) == HOST
+            setattr(out, kind, HOST if shared else f"/proc/{target.status['pid']}/ns/{kind}")
+            if kind == "uts":
+                out.hostname = hostname_of(r, target)
+    if spec.uts == HOST:
+        out.hostname = socket.gethostname()
+    elif not spec.uts and not spec.hostname and ns_target(spec.network) in r.entries:
+        out.hostname = hostname_of(r, r.entries[ns_target(spec.network)])
+    return out
+
+
+def check_log_path(spec: ContainerSpec) -> None:
+    """A CRI client makes the log's directory (and owns the file): it is never made here."""
+    if spec.log_path and not os.path.isdir(os.path.dirname(spec.log_path)):
+        raise InvalidArgument(f"invalid log_path {spec.log_path}: directory {os.path.dirname(spec.log_path)} "
+                              f"does not exist")
 
 
 def init_binary() -> str:
@@ -84,9 +138,10 @@ def mount_plans(r: Registry, spec: ContainerSpec) -> list[MountPlan]:
     for _, v in vols:
         if v.named:
             r.volumes.create(v.source, exist_ok=True)
-            out.append(MountPlan("bind", v.destination, r.volumes.data(v.source), v.readonly, copy_up=True))
+            out.append(MountPlan("bind", v.destination, r.volumes.data(v.source), v.readonly, copy_up=True,
+                                 propagation=v.propagation))
             continue
-        out.append(MountPlan("bind", v.destination, v.source, v.readonly))
+        out.append(MountPlan("bind", v.destination, v.source, v.readonly, propagation=v.propagation))
     out += [MountPlan("tmpfs", t.destination, options=t.options) for t in map(TmpfsSpec.parse, spec.tmpfs)]
     return out
 

@@ -19,7 +19,7 @@ import time
 
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound, ShimdError, Unavailable
 from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, check_id, parse_signal
-from shimproto.plans import MountPlan, NetworkPlan
+from shimproto.plans import MountPlan, NamespacePlan, NetworkPlan
 from shimproto.plant import planted
 from shimproto.spec import MOUNT_DATA_MAX, ContainerSpec, ShimCreate, overlay_data
 
@@ -97,7 +97,9 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
         lower, digest = _resolve(r, spec, id)
         meta = Meta(spec=spec, lower=lower, created_at=time.time_ns(), request_key=key, image_digest=digest,
                     cgroup=f"{r.defaults.cgroup_parent}/{id}")
-        network, mounts = attach.network_plan(r, spec), attach.mount_plans(r, spec)
+        attach.check_log_path(spec)
+        namespaces, network = attach.namespace_plan(r, spec), attach.network_plan(r, spec)
+        mounts = attach.mount_plans(r, spec)
         e = Entry(meta, state=STATES[CREATING], status=r.events.status(id))
         r.store.set_intent(id, "create", key)
         try:
@@ -105,7 +107,7 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
             faults.point("create:intent")
             await r.launch_shim(e)
             faults.point("create:launched")
-            req = shim_request(r, meta, network, mounts)
+            req = shim_request(r, meta, network, mounts, namespaces)
             await r.call(e, "create", req.to_wire(), timeout=30.0, key=step(key, "create"))
             faults.point("create:created")
             if and_start and not planted("create-skips-start"):  # planted: answered as started, left created
@@ -133,11 +135,13 @@ async def create(r: Registry, spec: ContainerSpec, and_start: bool, key: str = "
     return e
 
 
-def shim_request(r: Registry, meta: Meta, network: NetworkPlan, mounts: list[MountPlan]) -> ShimCreate:
+def shim_request(r: Registry, meta: Meta, network: NetworkPlan, mounts: list[MountPlan],
+                 namespaces: NamespacePlan | None = None) -> ShimCreate:
     upper, work = r.store.fs(meta.id)
-    return ShimCreate(spec=meta.spec, lower=meta.lower, upper=upper, work=work, log_path=r.store.log_path(meta.id),
-                      cgroups_path=meta.cgroup_path, files_dir=r.store.dir(meta.id), network=network,
-                      mounts=mounts)
+    return ShimCreate(spec=meta.spec, lower=meta.lower, upper=upper, work=work,
+                      log_path=meta.spec.log_path or r.store.log_path(meta.id), cgroups_path=meta.cgroup_path,
+                      files_dir=r.store.dir(meta.id), network=network, mounts=mounts,
+                      namespaces=namespaces or attach.namespace_plan(r, meta.spec))
 
 
 async def rollback_create(r: Registry, e: Entry, pid: int) -> None:

@@ -30,15 +30,25 @@ READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trig
 
 @dataclass(frozen=True)
 class BindMount:
-    """A host file or directory bind-mounted into the container (e.g. /etc/hostname)."""
+    """A host file or directory bind-mounted into the container (e.g. /etc/hostname); propagation as mount(8)
+    names it ([r]private, [r]shared, [r]slave), rprivate unless given."""
 
     source: str
     destination: str
     readonly: bool = False
+    propagation: str = ""
 
     def to_oci(self) -> dict:
         return {"destination": self.destination, "type": "bind", "source": self.source,
-                "options": ["rbind", "rprivate", "ro" if self.readonly else "rw"]}
+                "options": ["rbind", self.propagation or "rprivate", "ro" if self.readonly else "rw"]}
+
+
+def rootfs_propagation(binds: list) -> str:
+    """A mount's shared or slave propagation only works under a root that has it too (runc makes the root
+    rslave by default, which turns a shared bind into a slave one): rshared when any bind is shared, rslave when
+    any is slave, else "" (runc's default), as containerd and docker decide it."""
+    props = {getattr(b, "propagation", "") for b in binds}
+    return "rshared" if props & {"shared", "rshared"} else "rslave" if props & {"slave", "rslave"} else ""
 
 
 @dataclass(frozen=True)
@@ -154,13 +164,20 @@ class Spec:
     shm_size: int = DEFAULT_SHM_SIZE
     binds: list[BindMount | TmpfsMount] = field(default_factory=list)  # after the standard mounts, in this order
     netns: str | None = ""  # "": a new network namespace; None: the host's; a path: join that one
+    ipc: str | None = ""  # the same for the ipc, pid and uts namespaces
+    pid: str | None = ""
+    uts: str | None = ""  # not a new one: no hostname is set (runc sets none outside a uts namespace of its own)
     user: dict | None = None  # {uid, gid, additionalGids?}; None: root
+    masked_paths: list[str] | None = None  # None: MASKED (none when privileged)
+    readonly_paths: list[str] | None = None  # None: READONLY (none when privileged)
+    oom_score_adj: int | None = None
 
     def _namespaces(self) -> list[dict]:
-        out: list[dict] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
-        if self.netns is not None:
-            out.insert(1, {"type": "network", "path": self.netns} if self.netns else {"type": "network"})
-        return out
+        out: list[dict] = []
+        for kind, value in (("pid", self.pid), ("network", self.netns), ("ipc", self.ipc), ("uts", self.uts)):
+            if value is not None:
+                out.append({"type": kind, "path": value} if value else {"type": kind})
+        return out + [{"type": "mount"}]
 
     def _mounts(self) -> list[dict]:
         rw = "rw" if self.security.privileged else "ro"
@@ -186,16 +203,21 @@ class Spec:
             "cgroupsPath": self.cgroups_path,
             "resources": self.resources.to_oci(self.devices, all_devices=sec.privileged),
             "namespaces": self._namespaces(),
-            "maskedPaths": [] if sec.privileged else MASKED,
-            "readonlyPaths": [] if sec.privileged else READONLY,
+            "maskedPaths": list(self.masked_paths) if self.masked_paths is not None else
+            [] if sec.privileged else MASKED,
+            "readonlyPaths": list(self.readonly_paths) if self.readonly_paths is not None else
+            [] if sec.privileged else READONLY,
         }
+        propagation = rootfs_propagation(self.binds)
+        if propagation:
+            linux["rootfsPropagation"] = propagation
         if self.devices:
             linux["devices"] = [d.to_oci() for d in self.devices]
         if self.sysctls:
             linux["sysctl"] = dict(self.sysctls)
         if sec.seccomp is not None:
             linux["seccomp"] = sec.seccomp
-        return {
+        out = {
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": self.terminal,
@@ -208,10 +230,14 @@ class Spec:
                 "noNewPrivileges": sec.no_new_privileges,
             },
             "root": {"path": self.rootfs, "readonly": self.readonly_rootfs},
-            "hostname": self.hostname,
             "mounts": self._mounts(),
             "linux": linux,
         }
+        if self.uts == "":
+            out["hostname"] = self.hostname
+        if self.oom_score_adj is not None:
+            out["process"]["oomScoreAdj"] = self.oom_score_adj
+        return out
 
 
 def write_bundle(bundle_dir: str, spec: Spec) -> str:

@@ -31,10 +31,10 @@ from shimproto.spec import ShimCreate
 from . import ocispec
 from . import sys as _sys
 from .cgroup import OomWatch
-from .etcfiles import host_lines, hosts_text, rewrite_hosts, write_etc_files
+from .etcfiles import container_files, host_lines, hosts_text, rewrite_hosts
 from .events import Journal
 from .health import Health
-from .io.log import LogWriter
+from .io.log import LogWriter, check_log_dir
 from .io.stdio import ProcessIO
 from .mounts import oci_mounts
 from .net import ShimNetwork
@@ -97,21 +97,21 @@ class Container:
             if not os.path.isdir(lower):
                 raise InvalidArgument(f"rootfs {lower} is not a directory")
         spec = req.spec
-        # the writable layer and the log are root's alone; upper itself keeps 0711 (it is the container's /)
-        for d in (os.path.dirname(req.upper), os.path.dirname(req.log_path), self.bundle):
+        # the writable layer and our log are root's alone (upper keeps 0711: it is the container's /); a client's
+        # log_path is in its own directory, left as it is and never rotated here (LogWriter's max_size 0)
+        check_log_dir(spec.log_path)
+        for d in (os.path.dirname(req.upper), req.files_dir, self.bundle):
             os.makedirs(d, mode=0o700, exist_ok=True)
             os.chmod(d, 0o700)
         for d in (req.upper, req.work, self.rootfs):
             os.makedirs(d, mode=0o711, exist_ok=True)
         _sys.mount_overlay(req.lower, req.upper, req.work, self.rootfs)
         try:
-            hostname = spec.hostname or self.id
             await self.net.attach(req.network, req.files_dir)
-            hosts = hosts_text(hostname, self.net.ip, host_lines(spec, req.network.peers))
-            binds = write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns) + \
-                oci_mounts(self.rootfs, req.mounts)
+            binds = container_files(req, self.id, self.net.ip) + oci_mounts(self.rootfs, req.mounts)
             write_bundle(self.bundle, ocispec.build(self.id, req, self.rootfs, binds, self.net.netns()))
-            self._writer = LogWriter(req.log_path, spec.log_max_size or 0, spec.log_max_files or 5)
+            self._writer = LogWriter(req.log_path, 0 if spec.log_path else spec.log_max_size or 0,
+                                     spec.log_max_files or 5)
             self.init = await self._create_init(req)
         except BaseException:
             if self._writer is not None:
@@ -276,7 +276,7 @@ class Container:
         oci_user = resolve_user(self.rootfs, user) if user else None
         d = os.path.join(self.state_dir, "execs", exec_id)
         os.makedirs(d, mode=0o700)
-        writer = LogWriter(os.path.join(os.path.dirname(self.log_path), f"exec-{exec_id}.log")) if attach else None
+        writer = LogWriter(os.path.join(self.req.files_dir, f"exec-{exec_id}.log")) if attach and self.req else None
         io = ProcessIO(d, "io", writer, terminal, stdin)
         p = ExecProcess(self.ctx, exec_id, io, writer, d, args, env, cwd or "", oci_user)
         self.execs[exec_id] = p

@@ -5,7 +5,8 @@ hosts carries docker's localhost lines, the hostname on the container's own addr
 its own), and one line per other container on the same network (name resolution between containers is by /etc/hosts:
 the manager sends a shim the new list when a container joins or leaves, and `rewrite_hosts` changes the file in
 place, so the bind mount keeps showing it). resolv.conf is the host's with loopback nameservers dropped (they would
-point at the container's own loopback); no nameserver of our own is ever added.
+point at the container's own loopback); no nameserver of our own is ever added. --dns, dns_search and dns_options
+replace the lines of their kind. A container on another's network shares that one's files (container_files).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from runtime.bundle import BindMount
 from shimproto.fsutil import atomic_write
 from shimproto.plans import parse_add_host
-from shimproto.spec import ContainerSpec
+from shimproto.spec import ContainerSpec, ShimCreate
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 # When the host's file names only systemd-resolved's stub (127.0.0.53), docker takes resolved's list of the real
@@ -80,22 +81,30 @@ def rewrite_hosts(files_dir: str, text: str) -> None:
         f.write(text)
 
 
-def with_nameservers(resolv: str, dns: list[str]) -> str:
-    """docker's --dns: the given nameservers instead of the file's, its search and options lines kept."""
-    kept = [line for line in resolv.splitlines() if line.split()[:1] != ["nameserver"]]
-    return "\n".join(kept + [f"nameserver {ip}" for ip in dns]) + "\n"
+def with_nameservers(resolv: str, dns: list[str], search: list[str] | None = None,
+                     options: list[str] | None = None) -> str:
+    """docker's --dns, --dns-search, --dns-option: each given list replaces the file's lines of its kind
+    (search also replaces domain: the last of the two wins in resolv.conf); the others are kept."""
+    drop = {"nameserver"} if dns else set()
+    drop |= {"search", "domain"} if search else set()
+    drop |= {"options"} if options else set()
+    kept = [line for line in resolv.splitlines() if not set(line.split()[:1]) & drop]
+    kept += [f"nameserver {ip}" for ip in dns]
+    kept += [f"search {' '.join(search)}"] if search else []
+    kept += [f"options {' '.join(options)}"] if options else []
+    return "\n".join(kept) + "\n"
 
 
 def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOLV_CONF,
-                    upstream: str = RESOLVED_UPSTREAM, hosts: str = "",
-                    dns: list[str] | None = None) -> list[BindMount]:
+                    upstream: str = RESOLVED_UPSTREAM, hosts: str = "", dns: list[str] | None = None,
+                    search: list[str] | None = None, options: list[str] | None = None) -> list[BindMount]:
     """Write hostname, hosts and resolv.conf into files_dir; return their bind mounts into the container."""
     host = _read(host_resolv)
     resolv = container_resolv_conf(host)
     if _has_nameserver(host) and not _has_nameserver(resolv) and os.path.exists(upstream):
         resolv = container_resolv_conf(_read(upstream))
-    if dns:
-        resolv = with_nameservers(resolv, dns)
+    if dns or search or options:
+        resolv = with_nameservers(resolv, dns or [], search or [], options or [])
     files = {
         "hostname": f"{hostname}\n",
         "hosts": hosts or hosts_text(hostname),
@@ -105,3 +114,22 @@ def write_etc_files(files_dir: str, hostname: str, host_resolv: str = HOST_RESOL
     for name, text in files.items():  # written again by every create: no fsync (they were 6 of a create's 7)
         atomic_write(os.path.join(files_dir, name), text.encode(), mode=0o644, durable=False)
     return [BindMount(os.path.join(files_dir, name), f"/etc/{name}") for name in files]
+
+
+def container_files(req: ShimCreate, id: str, ip: str) -> list[BindMount]:
+    """The container's three files, written into req.files_dir. A container that joins another's network
+    (req.network.files) binds that one's files instead, as docker does for --network container:ID, except each it
+    asks to have its own: hostname (given), hosts (add_hosts), resolv.conf (dns, dns_search, dns_options)."""
+    spec = req.spec
+    hostname = req.namespaces.hostname or spec.hostname or id
+    hosts = hosts_text(hostname, ip, host_lines(spec, req.network.peers))
+    binds = write_etc_files(req.files_dir, hostname, hosts=hosts, dns=spec.dns, search=spec.dns_search,
+                            options=spec.dns_options)
+    shared = req.network.files
+    if not shared:
+        return binds
+    own = {"/etc/hostname": bool(spec.hostname), "/etc/hosts": bool(spec.add_hosts),
+           "/etc/resolv.conf": bool(spec.dns or spec.dns_search or spec.dns_options)}
+    theirs = {b.destination: os.path.join(shared, os.path.basename(b.destination)) for b in binds}
+    return [b if own[b.destination] or not os.path.isfile(theirs[b.destination])
+            else BindMount(theirs[b.destination], b.destination) for b in binds]

@@ -1,6 +1,12 @@
 """The container's volumes and tmpfs mounts: the manager's MountPlans made into OCI mounts (runc makes them inside
 the container's mount namespace, resolving each destination within the root), and docker's first-use copy: a
-named volume whose data directory is still empty gets the image's content at the mount's destination first."""
+named volume whose data directory is still empty gets the image's content at the mount's destination first.
+
+A bind with shared propagation needs its source's mount to be shared, or the container's copy has no peer to share
+with (containerd refuses such a source, kubelet makes its directories shared): the shim makes the mount holding the
+source shared in its own mount namespace. That namespace is a slave of the host's (shimd/sys.py), so mounts the
+container makes there reach the shim's namespace and every container sharing that source, not the host; the host's
+reach the container both with shared and with slave propagation."""
 
 from __future__ import annotations
 
@@ -10,6 +16,22 @@ import shutil
 from runtime.bundle import BindMount, TmpfsMount
 from shimproto.errors import InvalidArgument
 from shimproto.plans import MountPlan
+
+from . import sys as _sys
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def mount_point(path: str, mountinfo: str = MOUNTINFO) -> str:
+    """The mount point of the mount holding path (the longest mount point that is path or above it; the last
+    mounted of equal ones, which hides the others)."""
+    real, best = os.path.realpath(path), "/"
+    with open(mountinfo) as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # \040 and co. as octal escapes
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best = point
+    return best
 
 
 def _inside(rootfs: str, dest: str) -> str | None:
@@ -49,5 +71,7 @@ def oci_mounts(rootfs: str, plans: list[MountPlan]) -> list[BindMount | TmpfsMou
             raise InvalidArgument(f"volume source {m.source} does not exist")
         if m.copy_up:
             copy_up(rootfs, m.destination, m.source)
-        out.append(BindMount(m.source, m.destination, m.readonly))
+        if m.propagation in ("shared", "rshared"):
+            _sys.make_shared(mount_point(m.source))
+        out.append(BindMount(m.source, m.destination, m.readonly, m.propagation))
     return out

@@ -26,11 +26,12 @@ from runtime.bundle import (
 )
 from shimproto import runflags
 from shimproto.errors import InvalidArgument
-from shimproto.spec import ShimCreate
+from shimproto.spec import ContainerSpec, ShimCreate
 
-from .users import resolve_user
+from .users import resolve_user, with_groups
 
 NR_OPEN = "/proc/sys/fs/nr_open"
+OWN_OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
 # what --privileged leaves out of the host's /dev: the container has its own of these
 PRIVATE_DEV = ("pts", "shm", "mqueue", "console", "ptmx", "fd", "stdin", "stdout", "stderr", "core")
 
@@ -128,6 +129,28 @@ def seccomp_filter(privileged: bool, opt: str, caps: tuple[str, ...]) -> dict | 
         raise InvalidArgument(f"--security-opt seccomp: {e}" if opt else f"{seccomp.DEFAULT_PROFILE}: {e}") from None
 
 
+def oom_score_adj(requested: int | None, caps: tuple[str, ...], own: str = OWN_OOM_SCORE_ADJ) -> int | None:
+    """The container's process.oomScoreAdj: as requested, but never below this shim's own value when the shim
+    lacks CAP_SYS_RESOURCE: runc (our child, with our value) may raise its score but not lower it without that
+    capability, and would fail the create ("nsexec: failed to update /proc/self/oom_score_adj: Permission
+    denied"). A kubelet asks for -998 for guaranteed pods; on such a host they get the shim's own value."""
+    if requested is None or "CAP_SYS_RESOURCE" in caps:
+        return requested
+    return max(requested, _read_int(own, requested))
+
+
+def namespace(value: str) -> str | None:
+    """A NamespacePlan value as the OCI spec takes it: "" new, "host" -> None (none of its own), else a path."""
+    return None if value == "host" else value
+
+
+def process_user(rootfs: str, spec: ContainerSpec) -> dict | None:
+    """The OCI process user: --user resolved, plus group_add; None (root, no extra group) when neither is given."""
+    if not spec.user and not spec.group_add:
+        return None
+    return with_groups(rootfs, resolve_user(rootfs, spec.user or "0"), spec.group_add)
+
+
 def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMount], netns: str | None) -> Spec:
     """The spec of req's container, whose root is mounted at rootfs; binds after the standard mounts."""
     spec = req.spec
@@ -141,9 +164,12 @@ def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMo
         devices.append(device(d.host, d.container, d.access))
     return Spec(
         args=with_init(spec.args) if spec.init else spec.args, env=spec.env or list(DEFAULT_ENV),
-        cwd=spec.cwd or "/", hostname=spec.hostname or id, cgroups_path=req.cgroups_path or f"/shimd/{id}",
+        cwd=spec.cwd or "/", hostname=req.namespaces.hostname or spec.hostname or id,
+        cgroups_path=req.cgroups_path or f"/shimd/{id}",
         terminal=spec.tty, binds=binds, netns=netns, readonly_rootfs=spec.read_only,
-        user=resolve_user(rootfs, spec.user) if spec.user else None,
+        user=process_user(rootfs, spec), ipc=namespace(req.namespaces.ipc), pid=namespace(req.namespaces.pid),
+        uts=namespace(req.namespaces.uts), masked_paths=spec.masked_paths, readonly_paths=spec.readonly_paths,
+        oom_score_adj=oom_score_adj(spec.oom_score_adj, held),
         resources=Resources(memory=spec.memory_limit, memory_swap=spec.memory_swap, pids=spec.pids_limit,
                             nano_cpus=spec.nano_cpus, cpu_shares=spec.cpu_shares),
         security=Security(capabilities=tuple(caps), privileged=spec.privileged,

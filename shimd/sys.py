@@ -18,6 +18,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -54,6 +55,11 @@ def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
     if len(data) > MOUNT_DATA_MAX:
         raise OSError(errno.E2BIG, f"mount overlay on {target}: {len(data)} bytes of options, more than a page")
     _check(_libc.mount(b"overlay", target.encode(), b"overlay", 0, data), f"mount overlay on {target}")
+
+
+def make_shared(mount_point: str) -> None:
+    """mount --make-shared on one mount point of the shim's own mount namespace (not recursive)."""
+    _check(_libc.mount(b"none", mount_point.encode(), None, MS_SHARED, None), f"mount --make-shared {mount_point}")
 
 
 def unmount(target: str) -> None:

@@ -53,3 +53,19 @@ def resolve_user(rootfs: str, spec: str) -> dict:
     extra = sorted({_id(e[2]) for e in groups if len(e) >= 4 and name in e[3].split(",") and _id(e[2]) is not None}
                    - {gid})
     return {"uid": uid, "gid": gid, "additionalGids": extra} if extra else {"uid": uid, "gid": gid}
+
+
+def with_groups(rootfs: str, user: dict, group_add: list[str]) -> dict:
+    """docker's --group-add: the user's groups (its own from /etc/group included) then each given one, a gid or
+    a name of the container's /etc/group (InvalidArgument naming an unknown one); the primary gid not repeated."""
+    if not group_add:
+        return user
+    groups = {e[0]: _id(e[2]) for e in _read_db(rootfs, "group") if len(e) >= 3 and _id(e[2]) is not None}
+    extra = list(user.get("additionalGids", []))
+    for g in group_add:
+        gid = _id(g) if g.isascii() and g.isdigit() else groups.get(g)
+        if gid is None:
+            raise InvalidArgument(f"group_add: unable to find group {g!r} in the container's /etc/group")
+        if gid != user["gid"] and gid not in extra:
+            extra.append(gid)
+    return {**user, "additionalGids": extra}

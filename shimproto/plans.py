@@ -3,7 +3,9 @@ them for an early error, the manager again to validate what any client sent), an
 shim in its create request (ShimCreate.network, ShimCreate.mounts): what to attach and mount, already resolved.
 
     -p [IP:][HOSTPORT:]CTRPORT[/tcp|udp]   PortMapping (host port 0: the shim takes a free one)
-    -v /host:/ctr[:ro|rw]  -v NAME:/ctr[:ro|rw]   VolumeSpec (a host path is absolute; else a volume name)
+    -v /host:/ctr[:OPTS]  -v NAME:/ctr[:OPTS]   VolumeSpec (a host path is absolute; else a volume name); OPTS
+                                           is ro or rw and/or a propagation ([r]shared, [r]slave, [r]private),
+                                           ','-joined
     --tmpfs /ctr[:size=64m,mode=1777,...]  TmpfsSpec
     --network bridge|host|none|container:ID|NAME
 """
@@ -22,6 +24,7 @@ TMPFS_FLAGS = ("ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev")
 TMPFS_VALUE = re.compile(r"(size=\d+[kmgKMG%]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+|nr_inodes=\d+[kmgKMG]?)")
 
 HOST, NONE, BRIDGE = "host", "none", "bridge"
+PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
 CONTAINER_PREFIX = "container:"
 
 
@@ -104,6 +107,7 @@ class VolumeSpec:
     source: str  # an absolute host path, or a volume name
     destination: str
     readonly: bool = False
+    propagation: str = ""  # "": rprivate; else one of PROPAGATIONS
 
     @property
     def named(self) -> bool:
@@ -116,8 +120,11 @@ class VolumeSpec:
             raise InvalidArgument(f"invalid volume {text!r}: use /HOST/PATH:/CONTAINER/PATH[:ro] or "
                                   f"NAME:/CONTAINER/PATH[:ro]")
         opts = parts[2].split(",") if len(parts) == 3 else []
-        if any(o not in ("ro", "rw") for o in opts) or len(opts) > 1:
-            raise InvalidArgument(f"invalid volume {text!r}: the only options are ro and rw")
+        modes = [o for o in opts if o in ("ro", "rw")]
+        props = [o for o in opts if o in PROPAGATIONS]
+        if len(modes) + len(props) != len(opts) or len(modes) > 1 or len(props) > 1:
+            raise InvalidArgument(f"invalid volume {text!r}: the options are ro or rw and one propagation of "
+                                  f"{', '.join(PROPAGATIONS)}")
         source = parts[0]
         if source.startswith("/"):
             source = clean_path(source, "volume host path")
@@ -128,7 +135,7 @@ class VolumeSpec:
         dest = clean_path(parts[1], "volume container path")
         if dest == "/":
             raise InvalidArgument(f"invalid volume {text!r}: cannot mount over the container's root")
-        return cls(source, dest, opts == ["ro"])
+        return cls(source, dest, modes == ["ro"], props[0] if props else "")
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,7 @@ class MountPlan:
     readonly: bool = False
     options: tuple[str, ...] = ()
     copy_up: bool = False
+    propagation: str = ""  # a bind's: "" is rprivate
 
     def to_wire(self) -> dict:
         return {**asdict(self), "options": list(self.options)}
@@ -170,10 +178,13 @@ class MountPlan:
     def from_wire(cls, raw: object) -> MountPlan:
         if not isinstance(raw, dict) or raw.get("kind") not in ("bind", "tmpfs"):
             raise InvalidArgument(f"malformed mount {raw!r}")
+        if raw.get("propagation", "") not in ("", *PROPAGATIONS):
+            raise InvalidArgument(f"malformed mount {raw!r}: propagation")
         try:
             return cls(str(raw["kind"]), clean_path(str(raw["destination"]), "mount destination"),
                        str(raw.get("source", "")), bool(raw.get("readonly")),
-                       tuple(str(o) for o in raw.get("options") or ()), bool(raw.get("copy_up")))
+                       tuple(str(o) for o in raw.get("options") or ()), bool(raw.get("copy_up")),
+                       str(raw.get("propagation", "")))
         except (KeyError, TypeError):
             raise InvalidArgument(f"malformed mount {raw!r}") from None
 
@@ -195,7 +206,8 @@ def check_network_mode(mode: str) -> str:
 class NetworkPlan:
     """What the shim attaches: mode host (no namespace of its own), none (runc's own namespace, loopback up),
     join (the namespace at `join`), or cni (a namespace pinned by the shim, the loopback plugin, then `conflist`
-    with `ports`; `peers` are the hosts entries of the other containers on the network)."""
+    with `ports`; `peers` are the hosts entries of the other containers on the network). files: for join, the
+    directory of the joined container's hostname, hosts and resolv.conf, shared as docker shares them."""
 
     mode: str = NONE  # host | none | join | cni
     network: str = ""  # the network's name (cni)
@@ -203,10 +215,12 @@ class NetworkPlan:
     ports: list[PortMapping] = field(default_factory=list)
     join: str = ""
     peers: list[list[str]] = field(default_factory=list)  # [ip, name, ...]
+    files: str = ""
 
     def to_wire(self) -> dict:
         return {"mode": self.mode, "network": self.network, "conflist": self.conflist,
-                "ports": [p.to_wire() for p in self.ports], "join": self.join, "peers": self.peers}
+                "ports": [p.to_wire() for p in self.ports], "join": self.join, "peers": self.peers,
+                "files": self.files}
 
     @classmethod
     def from_wire(cls, raw: object) -> NetworkPlan:
@@ -220,7 +234,31 @@ class NetworkPlan:
             raise InvalidArgument("malformed network plan: peers")
         return cls(mode=raw["mode"], network=str(raw.get("network", "")), conflist=dict(raw.get("conflist") or {}),
                    ports=[PortMapping.from_wire(p) for p in raw.get("ports") or []], join=str(raw.get("join", "")),
-                   peers=peers)
+                   peers=peers, files=str(raw.get("files", "")))
+
+
+@dataclass
+class NamespacePlan:
+    """The ipc, pid and uts namespaces as the manager resolved them: "" one of the container's own (runc makes
+    it), "host" none of its own, else the path of a running container's namespace to join. hostname: the name in
+    /etc/hostname and /etc/hosts when the uts namespace is not the container's own ("" : its own name)."""
+
+    ipc: str = ""
+    pid: str = ""
+    uts: str = ""
+    hostname: str = ""
+
+    def to_wire(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: object) -> NamespacePlan:
+        if not raw:
+            return cls()
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(k, ""), str) for k in ("ipc", "pid", "uts",
+                                                                                          "hostname")):
+            raise InvalidArgument(f"malformed namespace plan {raw!r}")
+        return cls(raw.get("ipc", ""), raw.get("pid", ""), raw.get("uts", ""), raw.get("hostname", ""))
 
 
 def _ip(text: str, what: str) -> str:

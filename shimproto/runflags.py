@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InvalidArgument
-from .plans import CONTAINER_PREFIX, HOST, clean_path
+from .plans import HOST, clean_path
 
 RLIM_INFINITY = 2**64 - 1  # what the OCI spec (uint64) takes for "unlimited"
 
@@ -91,14 +91,20 @@ class DeviceSpec:
         return cls(host, clean_path(parts[1], "--device container path") if len(parts) == 2 else host, access)
 
 
-def check_sysctl(key: str, value: str, network: str) -> None:
+def check_sysctl(key: str, value: str, network: str, ipc: str = "") -> None:
+    """docker's rules: net.* belong to the container's network namespace (its own, or the one it joins with
+    container:ID, its pod's), so not with the host's; the ipc ones to its ipc namespace, so not with ipc=host."""
     if not SYSCTL_KEY.fullmatch(key) or "\n" in value or not value:
         raise InvalidArgument(f"invalid --sysctl {key}={value!r}: use KEY=VALUE")
     if key.startswith("net."):
-        if network == HOST or network.startswith(CONTAINER_PREFIX):
+        if network == HOST:
             raise InvalidArgument(f"--sysctl {key} is not allowed with --network {network}: the container has no "
                                   f"network namespace of its own")
-    elif key not in IPC_SYSCTLS and not key.startswith("fs.mqueue."):
+    elif key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        if ipc == HOST:
+            raise InvalidArgument(f"--sysctl {key} is not allowed with ipc host: the container has no ipc "
+                                  f"namespace of its own")
+    else:
         raise InvalidArgument(f"--sysctl {key} is not allowed: only net.*, fs.mqueue.* and the ipc ones "
                               f"({', '.join(IPC_SYSCTLS)}) belong to the container")
 

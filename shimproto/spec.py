@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-from . import plans, policy, runflags
+from . import plans, pod, policy, runflags
 from .errors import InvalidArgument
 from .wire import Params
 
@@ -70,6 +70,18 @@ class ContainerSpec:
     sysctls: dict[str, str] = field(default_factory=dict)
     restart: str = ""  # docker's --restart text ("" : no); shimproto.policy
     healthcheck: dict | None = None  # docker's health config map (None: the image's); shimproto.policy
+    # what a pod's containers need (a CRI server sends these; shimproto.pod checks them)
+    ipc: str = ""  # "" : its own namespace; "host"; "container:ID" : a running container's
+    pid: str = ""
+    uts: str = ""
+    masked_paths: list[str] | None = None  # None: the defaults (runtime/bundle.py); a list replaces them
+    readonly_paths: list[str] | None = None
+    group_add: list[str] = field(default_factory=list)  # gids or group names, after the user's own groups
+    oom_score_adj: int | None = None
+    log_path: str = ""  # "" : <root>/containers/<id>/container.log; else this file (its directory must exist)
+    dns_search: list[str] = field(default_factory=list)  # resolv.conf's search line instead of the host's
+    dns_options: list[str] = field(default_factory=list)  # resolv.conf's options line instead of the host's
+    conflist: dict | None = None  # a CNI conflist instead of a named network (network must be "")
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -98,6 +110,12 @@ class ContainerSpec:
             privileged=p.bool("privileged"), security_opt=p.strlist("security_opt"), init=p.bool("init"),
             stop_timeout=p.int("stop_timeout"), ulimits=p.strlist("ulimits"), devices=p.strlist("devices"),
             sysctls=p.map("sysctls", {}),
+            ipc=p.str("ipc", ""), pid=p.str("pid", ""), uts=p.str("uts", ""),
+            masked_paths=_optional_list(p, raw, "masked_paths"),
+            readonly_paths=_optional_list(p, raw, "readonly_paths"), group_add=p.strlist("group_add"),
+            oom_score_adj=p.int("oom_score_adj"), log_path=p.str("log_path", ""),
+            dns_search=p.strlist("dns_search"), dns_options=p.strlist("dns_options"),
+            conflist=pod.check_conflist(raw.get("conflist")),
         )
         spec.check()
         return spec
@@ -123,6 +141,24 @@ class ContainerSpec:
         policy.check_restart(self.restart, self.auto_remove)
         policy.check_health(self.healthcheck)
         self._check_run_flags()
+        self._check_pod_fields()
+
+    def _check_pod_fields(self) -> None:
+        for name in pod.NAMESPACES:
+            pod.check_ns_mode(getattr(self, name), name)
+        if self.uts and self.hostname:
+            raise InvalidArgument(f"hostname cannot be set with uts {self.uts!r}: the name is the namespace's")
+        pod.check_paths(self.masked_paths, "masked_paths")
+        pod.check_paths(self.readonly_paths, "readonly_paths")
+        pod.check_groups(self.group_add)
+        pod.check_oom(self.oom_score_adj)
+        pod.check_log_path(self.log_path)
+        if self.log_path and self.log_max_size:
+            raise InvalidArgument("log_max_size must be 0 with log_path: that log's owner rotates it")
+        pod.check_dns_words(self.dns_search, "dns_search")
+        pod.check_dns_words(self.dns_options, "dns_options")
+        if self.conflist is not None and self.network:
+            raise InvalidArgument(f"conflist cannot be given with network {self.network!r}: it is the network")
 
     def _check_run_flags(self) -> None:
         if self.nano_cpus is not None and not 10**7 <= self.nano_cpus <= (os.cpu_count() or 1) * 10**9:
@@ -151,7 +187,12 @@ class ContainerSpec:
         for key, value in self.sysctls.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise InvalidArgument("sysctls must map strings to strings")
-            runflags.check_sysctl(key, value, self.network)
+            runflags.check_sysctl(key, value, self.network, self.ipc)
+
+
+def _optional_list(p: Params, raw: dict, name: str) -> list[str] | None:
+    """A list field where None (absent) and [] differ: None keeps a default, [] means none."""
+    return None if raw.get(name) is None else p.strlist(name)
 
 
 @dataclass
@@ -167,11 +208,12 @@ class ShimCreate:
     files_dir: str  # where the shim writes the container's hostname, hosts and resolv.conf
     network: plans.NetworkPlan = field(default_factory=plans.NetworkPlan)
     mounts: list[plans.MountPlan] = field(default_factory=list)  # after the /etc files, in this order
+    namespaces: plans.NamespacePlan = field(default_factory=plans.NamespacePlan)
 
     def to_wire(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.type == "str"},
                 "spec": self.spec.to_wire(), "network": self.network.to_wire(),
-                "mounts": [m.to_wire() for m in self.mounts]}
+                "mounts": [m.to_wire() for m in self.mounts], "namespaces": self.namespaces.to_wire()}
 
     @classmethod
     def from_wire(cls, raw: dict) -> ShimCreate:
@@ -182,4 +224,5 @@ class ShimCreate:
         return cls(spec=ContainerSpec.from_wire(p.map("spec", required=True)),
                    network=plans.NetworkPlan.from_wire(p.map("network")),
                    mounts=[plans.MountPlan.from_wire(m) for m in mounts],
+                   namespaces=plans.NamespacePlan.from_wire(p.map("namespaces")),
                    **{f.name: p.str(f.name, required=True) for f in fields(cls) if f.type == "str"})

@@ -71,7 +71,7 @@ def test_tmpfs_read_only_root_and_user(env):
     (["-v", "/tmp:/data/../../etc"], "may not contain '..'"),
     (["-v", "/tmp:data"], "must be an absolute path"),
     (["-v", "/tmp:/"], "cannot mount over the container's root"),
-    (["-v", "/tmp:/data:rx"], "the only options are ro and rw"),
+    (["-v", "/tmp:/data:rx"], "the options are ro or rw and one propagation"),
     (["-v", "/tmp"], "use /HOST/PATH:/CONTAINER/PATH"),
     (["-v", "/tmp:/a", "--tmpfs", "/a"], "mounted twice"),
     (["--tmpfs", "/t:exec=1"], "invalid tmpfs option"),

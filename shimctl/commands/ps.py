@@ -5,7 +5,8 @@ Filters are docker's: status=created|running|paused|restarting|exited (stopped i
 (a part of the id) and label=KEY or label=KEY=VALUE (a label set by -l/--label or the image's). Several values of
 one key match any of them (label: must all match, as docker's), different keys must all match. A status filter lists
 stopped containers without -a. The table shows times as docker does ("Up 5 minutes", "3 minutes ago"); json
-keeps the manager's full RFC 3339 timestamps.
+keeps the manager's full RFC 3339 timestamps. When a listed container belongs to a Kubernetes pod (the labels a CRI
+server sets, POD_LABELS), the table has a POD column, NAMESPACE/NAME ("-" for the others); otherwise none.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..cli import Cli
 HELP = "list containers"
 ERRORS = exitcodes.OTHER
 # docker's status words -> ours; removing and dead are docker's too but never ours: they match nothing
+POD_LABELS = ("io.kubernetes.pod.namespace", "io.kubernetes.pod.name")
 STATUS_WORDS = {CREATED: CREATED, RUNNING: RUNNING, PAUSED: PAUSED, STOPPED: STOPPED, "exited": STOPPED,
                 RESTARTING: RESTARTING, "removing": "", "dead": ""}
 
@@ -73,9 +75,19 @@ def run(cli: Cli, a: argparse.Namespace) -> int:
             print(c["id"])
     else:
         now = time.time()
-        print(render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID", "PORTS"], [
+        pods = [pod(c) for c in rows]
+        extra = any(pods)
+        print(render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PID", "PORTS"] +
+                           ["POD"] * extra, [
             [c["id"], c["image"] or "-", " ".join(c["args"])[:40], render.ago(c["created_at"], now),
              render.status(c, now), c["pid"] if c["status"] in (RUNNING, PAUSED) and c["pid"] else "-",
-             render.ports(c.get("ports") or [])]
-            for c in rows]), end="")
+             render.ports(c.get("ports") or [])] + [p or "-"] * extra
+            for c, p in zip(rows, pods, strict=True)]), end="")
     return 0
+
+
+def pod(c: dict) -> str:
+    """NAMESPACE/NAME of the container's Kubernetes pod, "" when it is not a pod's."""
+    labels = c.get("labels") or {}
+    ns, name = (labels.get(k) for k in POD_LABELS)
+    return f"{ns}/{name}" if isinstance(ns, str) and isinstance(name, str) and ns and name else ""

@@ -20,9 +20,16 @@ import time
 from collections.abc import Iterator
 
 from shimproto.cri import PLAIN, ReadOpts, format_pieces, parse_page, parse_ts
+from shimproto.errors import InvalidArgument
 from shimproto.plant import planted
 
 log = logging.getLogger("shimd.log")
+
+
+def check_log_dir(path: str) -> None:
+    """A log at a client's path (a CRI log_path): its directory is the client's to make, never made here."""
+    if path and not os.path.isdir(os.path.dirname(path)):
+        raise InvalidArgument(f"invalid log_path {path}: directory {os.path.dirname(path)} does not exist")
 
 
 def lines_backward(path: str, size: int, block: int = 1 << 16) -> Iterator[tuple[int, bytes]]:
