@@ -71,15 +71,21 @@ SPEC_SCHEMA: dict[str, str] = {  # shimproto.spec.ContainerSpec, the `spec` map 
     "cpu_shares": "int", "memory_swap": "int", "shm_size": "int", "cap_add": "strlist", "cap_drop": "strlist",
     "privileged": "bool", "security_opt": "strlist", "init": "bool", "stop_timeout": "int", "ulimits": "strlist",
     "devices": "strlist", "sysctls": "map", "restart": "str", "healthcheck": "map",
+    "ipc": "str", "pid": "str", "uts": "str", "masked_paths": "strlist", "readonly_paths": "strlist",
+    "group_add": "strlist", "oom_score_adj": "int", "log_path": "str", "dns_search": "strlist",
+    "dns_options": "strlist", "conflist": "map",  # shimproto/pod.py: what a CRI pod's containers add
 }
 NETWORK_PLAN = {"mode": "str", "network": "str", "conflist": "map", "ports": "strlist", "join": "str",
-                "peers": "strlist"}  # shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
+                "peers": "strlist", "files": "str"}  # shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
+
+NAMESPACE_PLAN = {"ipc": "str", "pid": "str", "uts": "str", "hostname": "str"}  # shimproto.plans.NamespacePlan
 
 KEYED = {"key": "str"}  # a mutating call's request key (every manager call reads it; a shim's mutating ones)
 
 SHIM_SCHEMA: dict[str, dict] = {
     "create": {"spec": SPEC_SCHEMA, "lower": "str", "upper": "str", "work": "str", "log_path": "str",
-               "cgroups_path": "str", "files_dir": "str", "network": NETWORK_PLAN, "mounts": "strlist", **KEYED},
+               "cgroups_path": "str", "files_dir": "str", "network": NETWORK_PLAN, "mounts": "strlist",
+               "namespaces": NAMESPACE_PLAN, **KEYED},
     "state": {}, "pids": {}, "stats": {}, "reopen_log": {}, "ping": {},
     "start": KEYED, "pause": KEYED, "resume": KEYED,
     "restart": {"start": "bool", **KEYED},
@@ -116,7 +122,7 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
     "network_create": {"name": "str", "subnet": "str"}, "network_list": {}, "network_inspect": {"name": "str"},
     "network_remove": {"name": "str"}, "volume_create": {"name": "str"}, "volume_list": {},
     "volume_inspect": {"name": "str"}, "volume_remove": {"name": "str"},
-    "pull": {"ref": "str", "tls_verify": "bool", "authfile": "str", "platform": "str"},
+    "pull": {"ref": "str", "tls_verify": "bool", "authfile": "str", "platform": "str", "registries_conf": "str"},
     "push": {"ref": "str", "dest": "str", "tls_verify": "bool", "authfile": "str"},
     "images": {}, "image_inspect": {"ref": "str"}, "image_remove": {"ref": "str", "force": "bool"},
     "image_prune": {"all": "bool"}, "image_tag": {"source": "str", "target": "str"},
