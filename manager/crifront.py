@@ -71,37 +71,56 @@ class Front:
         asyncio.get_running_loop().create_task(self.proc.wait())  # reaped when it exits
 
     async def stop(self) -> None:
-        """Stop the front (whoever started it) and wait for it to let go of its lock."""
+        """Stop the front (whoever started it, serving or still starting) and wait for it to let go of its lock."""
         if self.task is not None:
             self.task.cancel()
-        pid = front_pid(self.cfg.state)
-        if pid:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        pids = {front_pid(self.cfg.state)} | ({self.proc.pid} if self.running() else set())
+        pids.discard(0)
+        for pid in pids:
+            signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT
-        while front_alive(self.cfg.state) and time.monotonic() < deadline:
+        while (front_alive(self.cfg.state) or self.running()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if pid and front_alive(self.cfg.state):
-            log.warning("the CRI front (pid %d) did not stop within %gs: killing it", pid, STOP_WAIT)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None and self.proc.returncode is None:
+        if front_alive(self.cfg.state) or self.running():
+            log.warning("the CRI front (pids %s) did not stop within %gs: killing it", sorted(pids), STOP_WAIT)
+            for pid in pids:
+                signal_pid(pid, signal.SIGKILL)
+        if self.running():
             try:
                 await asyncio.wait_for(self.proc.wait(), STOP_WAIT)
             except TimeoutError:
                 pass
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
 
 def front_pid(state: str) -> int:
-    """The pid of the live front of state (0: none), checked against its command line."""
+    """The pid of the live front of state (0: none), from its pid file (written once it serves) or, while it is
+    still starting, from the command lines of the running processes."""
     try:
         with open(os.path.join(state, "cri.pid")) as f:
             pid = int(f.read().strip() or 0)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return pid if b"manager.cri" in f.read() else 0
+            if b"manager.cri" in f.read():
+                return pid
     except (OSError, ValueError):
-        return 0
+        pass
+    want = ["-m", "manager.cri", "--state", state]
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if argv[1:5] == want:
+                return int(name)
+    return 0

@@ -157,6 +157,8 @@ def build(id: str, req: ShimCreate, rootfs: str, binds: list[BindMount | TmpfsMo
     held = held_caps()
     ceiling = nofile_ceiling(held)
     caps = held if spec.privileged else runflags.capabilities(spec.cap_add, spec.cap_drop, DEFAULT_CAPS)
+    if "ALL" in spec.cap_add:  # every capability this host can give: one runc was never given would fail create
+        caps = tuple(c for c in caps if c in held)
     devices = host_devices() if spec.privileged else []
     opts = runflags.security_opts(spec.security_opt)
     for text in spec.devices:

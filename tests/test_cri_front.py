@@ -109,3 +109,26 @@ def test_a_dead_front_is_started_again_and_the_manager_stops_it_on_its_way_out(c
     wait_for(lambda: not os.path.exists(f"/proc/{second}"), 10, "the front to stop with the manager")
     assert not os.path.exists(os.path.join(env.state, "cri.sock"))
     env.start_manager()  # the fixture's teardown needs one
+
+
+def test_a_manager_stopped_at_once_stops_a_front_that_is_still_starting(bare_env: Env):
+    """systemctl start then stop: the front has no pid file yet (it writes one once it serves), and must go too."""
+    env = bare_env
+    env.manager_env["SHIMD_CRI"] = "1"
+    env.start_manager()
+    env.kill_manager(signal.SIGTERM)
+    pattern = f"-m\0manager.cri\0--state\0{env.state}\0".encode()
+
+    def fronts() -> list[str]:
+        out = []
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if pattern in f.read():
+                        out.append(name)
+            except OSError:
+                pass
+        return out
+
+    wait_for(lambda: not fronts(), 10, "every CRI front of this state dir to stop with the manager")
+    assert not os.path.exists(os.path.join(env.state, "cri.sock"))

@@ -75,8 +75,9 @@ SPEC_SCHEMA: dict[str, str] = {  # shimproto.spec.ContainerSpec, the `spec` map 
     "group_add": "strlist", "oom_score_adj": "int", "log_path": "str", "dns_search": "strlist",
     "dns_options": "strlist", "conflist": "map",  # shimproto/pod.py: what a CRI pod's containers add
 }
+# shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
 NETWORK_PLAN = {"mode": "str", "network": "str", "conflist": "map", "ports": "strlist", "join": "str",
-                "peers": "strlist", "files": "str"}  # shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
+                "peers": "strlist", "files": "str"}
 
 NAMESPACE_PLAN = {"ipc": "str", "pid": "str", "uts": "str", "hostname": "str"}  # shimproto.plans.NamespacePlan
 
