@@ -186,20 +186,22 @@ class Template:
             self.task.cancel()
 
 
-async def launch(id: str, state_dir: str, runtime: str, runtime_root: str) -> int:
+async def launch(id: str, state_dir: str, runtime: str, runtime_root: str, shared: list[str] | None = None) -> int:
     """Start the shim of id and return its pid once its socket is bound: forked from the template when one is
-    serving, else cold."""
+    serving, else cold. shared: the sources of its rshared volumes (the shim keeps them peers of the host's)."""
+    shared = shared or []
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     t = template
     if t is not None and await t.wait_ready(WARM_WAIT):
-        pid = await _launch_warm(t, id, state_dir, runtime, runtime_root)
+        pid = await _launch_warm(t, id, state_dir, runtime, runtime_root, shared)
         if pid is not None:
             return pid
         log.warning("[%s] the template did not start the shim; starting it cold", id)
-    return await _launch_cold(id, state_dir, runtime, runtime_root)
+    return await _launch_cold(id, state_dir, runtime, runtime_root, shared)
 
 
-async def _launch_warm(t: Template, id: str, state_dir: str, runtime: str, runtime_root: str) -> int | None:
+async def _launch_warm(t: Template, id: str, state_dir: str, runtime: str, runtime_root: str,
+                       shared: list[str]) -> int | None:
     """The shim's pid, or None when nothing took the launch (the pipe closed with no report: no process holds
     its write end, so no shim of this launch runs or ever will)."""
     r, w = os.pipe()
@@ -208,7 +210,7 @@ async def _launch_warm(t: Template, id: str, state_dir: str, runtime: str, runti
         # when we may already have given up and rolled the create back; what it forks by then has half of
         # READY_TIMEOUT left to report
         sent = t.request({"id": id, "state": state_dir, "runtime": runtime, "runtime_root": runtime_root,
-                          "not_after": time.monotonic() + READY_TIMEOUT / 2}, w)
+                          "shared": shared, "not_after": time.monotonic() + READY_TIMEOUT / 2}, w)
         os.close(w)
         w = -1
         if not sent:
@@ -228,10 +230,11 @@ async def _launch_warm(t: Template, id: str, state_dir: str, runtime: str, runti
     raise Internal(f"shim of {id} failed to start: {line.removeprefix('error ')}")
 
 
-async def _launch_cold(id: str, state_dir: str, runtime: str, runtime_root: str) -> int:
+async def _launch_cold(id: str, state_dir: str, runtime: str, runtime_root: str, shared: list[str]) -> int:
     r, w = os.pipe()
     try:
         cmd = _shim_cmd("start", id, state_dir, runtime, runtime_root) + ["--ready-fd", str(w)]
+        cmd += [arg for path in shared for arg in ("--shared", path)]
         proc = await asyncio.create_subprocess_exec(
             *cmd, pass_fds=(w,), env=_env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)

@@ -21,6 +21,7 @@ import zmq.asyncio
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
 from shimproto.model import STOPPED, ExitStatus, rfc3339
+from shimproto.plans import VolumeSpec
 from shimproto.plant import planted
 from shimproto.rpc import AsyncClient
 
@@ -212,7 +213,8 @@ class Registry:
             e.client = None
 
     async def launch_shim(self, e: Entry) -> None:
-        pid = await launcher.launch(e.id, self.store.shim_dir(e.id), self.runtime, self.store.runc_root)
+        pid = await launcher.launch(e.id, self.store.shim_dir(e.id), self.runtime, self.store.runc_root,
+                                    shared_sources(e.meta.spec.volumes))
         self.connect(e, pid)
 
     async def call(self, e: Entry, method: str, params: dict | None = None,
@@ -376,3 +378,9 @@ class Registry:
         faults.point("delete:files-removed")
         self.store.remove_meta(e.id)
         self.entries.pop(e.id, None)
+
+
+def shared_sources(volumes: list[str]) -> list[str]:
+    """The host paths of the rshared bind volumes among volumes (a named volume's data is the manager's own)."""
+    specs = [VolumeSpec.parse(v) for v in volumes]
+    return [v.source for v in specs if not v.named and v.propagation in ("shared", "rshared")]

@@ -34,6 +34,7 @@ class ShimConfig:
     runtime_root: str | None = None
     ready_fd: int | None = None
     debug: bool = False
+    shared: tuple[str, ...] = ()  # rshared volumes' sources (shimd.sys.private_mount_namespace)
 
     @property
     def socket(self) -> str:
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "start":
             p.add_argument("--ready-fd", type=int, default=None)
             p.add_argument("--debug", action="store_true")
+            p.add_argument("--shared", action="append", default=[], help="an rshared volume's source")
     t = sub.add_parser("template")
     t.add_argument("--control-fd", type=int, required=True)
     t.add_argument("--parent", type=int, required=True)
@@ -125,7 +127,7 @@ def serve(cfg: ShimConfig, prepared: bool = False) -> int:
     try:
         if not prepared:
             _sys.set_child_subreaper()
-            _sys.private_mount_namespace()
+            _sys.private_mount_namespace(cfg.shared)
         with open(os.path.join(cfg.state_dir, "shim.pid"), "w") as f:
             f.write(f"{os.getpid()}\n")
         asyncio.run(_serve(cfg, log))
@@ -150,7 +152,8 @@ def start(cfg: ShimConfig) -> int:
 
 def _forked_config(req: dict, ready_fd: int) -> ShimConfig:
     return ShimConfig(id=req["id"], state_dir=os.path.abspath(req["state"]), runtime=req["runtime"],
-                      runtime_root=req.get("runtime_root") or None, ready_fd=ready_fd, debug=bool(req.get("debug")))
+                      runtime_root=req.get("runtime_root") or None, ready_fd=ready_fd, debug=bool(req.get("debug")),
+                      shared=tuple(req.get("shared") or ()))
 
 
 def _start_forked(req: dict, ready_fd: int) -> int:
@@ -159,8 +162,10 @@ def _start_forked(req: dict, ready_fd: int) -> int:
 
 
 def spare(link: socket.socket) -> int:
-    """A spare shim (shimd/template.py's Spare): `start`'s detaching and `serve`'s subreaper and mount namespace
-    done ahead, then, once the template hands it a request, the rest of `serve` as any shim."""
+    """A spare shim (shimd/template.py's Spare): `start`'s detaching and `serve`'s subreaper done ahead, then, once
+    the template hands it a request, its mount namespace and the rest of `serve` as any shim. The namespace is
+    copied only then: one copied ahead would miss every host mount made since under a private mount (a volume's
+    source mounted after the spare was made, which a host whose / is not shared never propagates)."""
     import daemon
 
     from . import sys as _sys
@@ -169,14 +174,14 @@ def spare(link: socket.socket) -> int:
     with daemon.DaemonContext(detach_process=True, working_directory="/", umask=0o022, signal_map={},
                               files_preserve=[link.fileno()]):
         _sys.set_child_subreaper()
-        _sys.private_mount_namespace()
         got = receive(link)
         if got is None:  # the template closed our link: no request will come
             return 0
         req, ready_fd = got
         try:
-            take_cold_line(req, ready_fd)
             cfg = _forked_config(req, ready_fd)
+            _sys.private_mount_namespace(cfg.shared)
+            take_cold_line(req, ready_fd)
             os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         except Exception as e:
             _report(ready_fd, f"error spare shim: {type(e).__name__}: {e}")
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = ShimConfig(id=a.id, state_dir=os.path.abspath(a.state), runtime=a.runtime,
                      runtime_root=a.runtime_root, ready_fd=getattr(a, "ready_fd", None),
-                     debug=getattr(a, "debug", False))
+                     debug=getattr(a, "debug", False), shared=tuple(getattr(a, "shared", ())))
     return start(cfg) if a.cmd == "start" else delete(cfg, a.files)
 
 

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import signal
 import time
 
@@ -39,14 +40,35 @@ def set_child_subreaper() -> None:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def private_mount_namespace() -> None:
+def private_mount_namespace(shared: tuple[str, ...] | list[str] = ()) -> None:
     """Move into a mount namespace of our own whose mounts receive the host's but never leak back.
 
     The container's writable root is mounted here, so it exists exactly as long as the shim (and the container)
     do, whatever mount namespace the manager that launched us lived in.
+
+    shared: the sources of the container's rshared volumes. A mount at or below one of them stays a peer of the
+    host's (when it is shared there), so what the container mounts in the volume reaches the host, as with
+    containerd; every other mount becomes a slave, one by one.
     """
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
+    if not shared:
+        _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
+        return
+    keep = tuple(os.path.realpath(p).rstrip("/") + "/" for p in shared)
+    for point, is_shared in mount_points():
+        if is_shared and not (point.rstrip("/") + "/").startswith(keep):
+            _check(_libc.mount(b"none", point.encode(), None, MS_SLAVE, None), f"mount --make-slave {point}")
+
+
+def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, bool]]:
+    """(mount point, shared?) of every mount of our namespace, parents first."""
+    out = []
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split(" - ", 1)[0].split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out.append((point, any(f.startswith("shared:") for f in fields[6:])))
+    return out
 
 
 def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:

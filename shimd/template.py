@@ -77,6 +77,8 @@ def _cold_argv(req: dict, ready_fd: int) -> list[str]:
             "--runtime", req["runtime"]]
     if req.get("runtime_root"):
         argv += ["--runtime-root", req["runtime_root"]]
+    for path in req.get("shared") or ():
+        argv += ["--shared", path]
     argv += ["--ready-fd", str(ready_fd)]
     return argv + (["--debug"] if req.get("debug") else [])
 

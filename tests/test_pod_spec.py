@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -215,6 +216,40 @@ def test_volume_propagation_reaches_the_container_and_sets_the_roots(env, shared
         subprocess.run(["umount", "-l", str(src / "sub")], check=False)
     with pytest.raises(InvalidArgument, match="one propagation"):
         create(env, volumes=[f"{src}:/data:rshared,rslave"])
+
+
+def test_a_volume_that_is_a_shared_mount_of_its_own_propagates_with_a_private_root(env, tmp_path):
+    """/ private (no shared_root, as on this host): the source is a mount of its own, bound and made rshared after
+    the manager and its spare shim started, as critest and kubelet make it. rslave: the host's later mounts reach
+    the container; rshared: the container's mounts reach the host too."""
+    create(env)  # the template is warm and makes a spare shim, whose mount namespace must not predate the source
+    time.sleep(0.5)
+    src = str(tmp_path / "vol")
+    os.mkdir(src)
+    mounted: list[str] = []
+
+    def mount(*args: str) -> None:
+        subprocess.run(["mount", *args], check=True)
+        mounted.append(args[-1])
+
+    try:
+        mount("--bind", src, src)
+        subprocess.run(["mount", "--make-rshared", src], check=True)
+        slave = create(env, volumes=[f"{src}:{src}:rslave"], privileged=True)["id"]
+        shared = create(env, volumes=[f"{src}:{src}:rshared"], privileged=True)["id"]
+        os.mkdir(f"{src}/late")
+        mount("-t", "tmpfs", "late", f"{src}/late")
+        for id in (slave, shared):
+            wait_for(lambda id=id: "late" in sh(env, id, f"grep ' {src}/late ' /proc/self/mountinfo || true"), 5,
+                     f"the host's new mount in {id}")
+        for id, name in ((shared, "back"), (slave, "back2")):
+            sh(env, id, f"mkdir -p {src}/{name} && mount --bind /etc {src}/{name}")
+            mounted.append(f"{src}/{name}")
+        assert "hostname" in os.listdir(f"{src}/back"), "the rshared container's mount did not reach the host"
+        assert os.listdir(f"{src}/back2") == [], "the rslave container's mount reached the host"
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", path], check=False)
 
 
 def test_ps_shows_a_pod_column_only_for_pod_containers(env):
