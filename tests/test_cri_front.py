@@ -46,13 +46,12 @@ def cri(bare_env: Env, tmp_path):
     wait_for(lambda: crictl(bare_env, "version", check=False).returncode == 0, 30, "the CRI front to serve")
     pod = tmp_path / "pod.json"
     pod.write_text(json.dumps({"metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "attempt": 0},
-                               "log_directory": str(tmp_path / "logs"),
+                               "log_directory": str(tmp_path / "logs" / "shop_web"),  # made by create
                                "linux": {"security_context": {"namespace_options": {"network": 2}}}}))
     ctr = tmp_path / "ctr.json"
     ctr.write_text(json.dumps({"metadata": {"name": "app"}, "image": {"image": "busybox"},
                                "command": ["sh", "-c", "echo started; exec sleep 1000"], "log_path": "app.log",
                                "linux": {}}))
-    os.makedirs(tmp_path / "logs")
     yield bare_env, str(pod), str(ctr)
     if bare_env.manager_pid():
         crictl(bare_env, "rmp", "-a", "-f", check=False)
@@ -72,6 +71,9 @@ def test_pod_containers_are_shimd_containers_with_their_pod(cri):
     assert sid in ps and cid in ps, ps
     assert "shop/web" in ps, f"`shimctl ps` shows no pod column:\n{ps}"
     assert crictl(env, "exec", cid, "echo", "hi").stdout == "hi\n"
+    wait_for(lambda: "started" in crictl(env, "logs", cid).stdout, 10, "the container's first line in its log")
+    log = json.loads(crictl(env, "inspect", cid).stdout)["status"]["logPath"]
+    assert log.endswith("/logs/shop_web/app.log") and open(log).read().endswith(" stdout F started\n")
     crictl(env, "stopp", sid)
     assert json.loads(crictl(env, "inspect", cid).stdout)["status"]["state"] == "CONTAINER_EXITED"
     crictl(env, "rmp", sid)

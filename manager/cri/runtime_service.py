@@ -189,6 +189,8 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
             raise specs.InvalidArgument("CreateContainer: config.image.image is empty")
         cid = new_id()
         spec = specs.container_spec(cid, sandbox, sbmeta, request.config)
+        if spec.get("log_path"):  # the pod's log directory is made when missing, as containerd makes it
+            specs.make_log_dir(spec["log_path"])
         self.m.call("create", {"spec": spec, "start": False}, timeout=300)
         return pb.CreateContainerResponse(container_id=cid)
 

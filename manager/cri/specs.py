@@ -13,6 +13,7 @@ import json
 import os
 
 from shimproto.errors import InvalidArgument
+from shimproto.pod import check_log_path
 
 from .config import CriConfig
 from .meta import CONTAINER, SANDBOX, CriMeta
@@ -224,3 +225,13 @@ def container_spec(cid: str, sandbox: dict, sbmeta: CriMeta, config: pb.Containe
     if not sc.privileged and sc.readonly_paths:
         spec["readonly_paths"] = list(sc.readonly_paths)
     return spec
+
+
+def make_log_dir(log_path: str) -> None:
+    """The directory of a container's CRI log (the pod's log_directory, or below it), made 0755 when missing (the
+    path checked first: absolute, no '..')."""
+    check_log_path(log_path)
+    try:
+        os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgument(f"invalid log_path {log_path}: cannot make its directory: {e.strerror}") from None
