@@ -53,7 +53,7 @@ def network_plan(r: Registry, spec: ContainerSpec) -> NetworkPlan:
     mode = spec.network
     if spec.conflist is not None:  # given directly (a CRI pod's): no network of ours, no peers
         return NetworkPlan(mode="cni", network=spec.conflist["name"], conflist=spec.conflist,
-                           ports=[PortMapping.parse(p) for p in spec.publish], peers=[])
+                           ports=[PortMapping.parse(p) for p in spec.publish], peers=[], path=spec.cni_bin_dir)
     if mode in (HOST, NONE):
         return NetworkPlan(mode=mode)
     if mode.startswith(CONTAINER_PREFIX):

@@ -100,8 +100,11 @@ class ShimNetwork:
             return
         self._sockets, self.ports = hold_ports(plan.ports)
         self.record_path = os.path.join(files_dir, RECORD)
+        if plan.path:
+            self.cni.path = (plan.path,)
         record = {"container_id": self.id, "network": plan.network, "netns": self.pin, "ifname": IFNAME,
-                  "conflist": plan.conflist, "runtime_config": {"portMappings": port_mappings(self.ports)},
+                  "conflist": plan.conflist, "path": plan.path,
+                  "runtime_config": {"portMappings": port_mappings(self.ports)},
                   "ports": [p.to_wire() for p in self.ports], "result": None, "ip": ""}
         try:
             _sys.pin_new_netns(self.pin)
@@ -154,6 +157,8 @@ async def release_recorded(record_path: str, cni: Cni, log: logging.Logger | log
     if netns and not os.path.exists(netns):
         netns = ""
     prev = Result.parse(rec["result"]).raw if isinstance(rec.get("result"), dict) else None
+    if isinstance(rec.get("path"), str) and rec["path"]:  # the plugins of its ADD
+        cni.path = (rec["path"],)
     try:
         await cni.delete(rec["conflist"], cid, netns, str(rec.get("ifname", IFNAME)), rec.get("runtime_config"),
                          prev)

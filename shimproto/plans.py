@@ -216,11 +216,12 @@ class NetworkPlan:
     join: str = ""
     peers: list[list[str]] = field(default_factory=list)  # [ip, name, ...]
     files: str = ""
+    path: str = ""  # cni: the plugins' directory ("" : the shim's own search path)
 
     def to_wire(self) -> dict:
         return {"mode": self.mode, "network": self.network, "conflist": self.conflist,
                 "ports": [p.to_wire() for p in self.ports], "join": self.join, "peers": self.peers,
-                "files": self.files}
+                "files": self.files, "path": self.path}
 
     @classmethod
     def from_wire(cls, raw: object) -> NetworkPlan:
@@ -234,7 +235,7 @@ class NetworkPlan:
             raise InvalidArgument("malformed network plan: peers")
         return cls(mode=raw["mode"], network=str(raw.get("network", "")), conflist=dict(raw.get("conflist") or {}),
                    ports=[PortMapping.from_wire(p) for p in raw.get("ports") or []], join=str(raw.get("join", "")),
-                   peers=peers, files=str(raw.get("files", "")))
+                   peers=peers, files=str(raw.get("files", "")), path=str(raw.get("path", "")))
 
 
 @dataclass

@@ -7,6 +7,7 @@ checked here once, every error one InvalidArgument naming the field:
     oom_score_adj        -1000..1000 (the shim may raise it: shimd/ocispec.py says when)
     log_path             an absolute path for the CRI log instead of the container's directory (not rotated)
     conflist             a CNI network configuration list (or a single plugin's .conf) instead of a named network
+    cni_bin_dir          the directory of conflist's plugins ("" : the shim's own search path)
 
 The sysctl rules that depend on ipc are in shimproto.runflags.check_sysctl.
 """
@@ -66,6 +67,15 @@ def check_dns_words(words: list[str], field: str) -> None:
     for w in words:
         if not w or any(c.isspace() for c in w) or "#" in w or ";" in w:
             raise InvalidArgument(f"invalid {field} entry {w!r}: one word, no spaces or comments")
+
+
+def check_cni_bin_dir(path: str, conflist: dict | None) -> None:
+    if not path:
+        return
+    if conflist is None:
+        raise InvalidArgument("cni_bin_dir needs a conflist: a named network's plugins are the manager's")
+    if not path.startswith("/") or ":" in path or "\0" in path or ".." in path.split("/"):
+        raise InvalidArgument(f"invalid cni_bin_dir {path!r}: must be an absolute path without '..' or ':'")
 
 
 def check_conflist(raw: object) -> dict | None:

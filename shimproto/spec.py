@@ -82,6 +82,7 @@ class ContainerSpec:
     dns_search: list[str] = field(default_factory=list)  # resolv.conf's search line instead of the host's
     dns_options: list[str] = field(default_factory=list)  # resolv.conf's options line instead of the host's
     conflist: dict | None = None  # a CNI conflist instead of a named network (network must be "")
+    cni_bin_dir: str = ""  # where conflist's plugins are ("" : the shim's own search path; runtime/cni.py)
 
     def to_wire(self) -> dict:
         return asdict(self)
@@ -115,7 +116,7 @@ class ContainerSpec:
             readonly_paths=_optional_list(p, raw, "readonly_paths"), group_add=p.strlist("group_add"),
             oom_score_adj=p.int("oom_score_adj"), log_path=p.str("log_path", ""),
             dns_search=p.strlist("dns_search"), dns_options=p.strlist("dns_options"),
-            conflist=pod.check_conflist(raw.get("conflist")),
+            conflist=pod.check_conflist(raw.get("conflist")), cni_bin_dir=p.str("cni_bin_dir", ""),
         )
         spec.check()
         return spec
@@ -159,6 +160,7 @@ class ContainerSpec:
         pod.check_dns_words(self.dns_options, "dns_options")
         if self.conflist is not None and self.network:
             raise InvalidArgument(f"conflist cannot be given with network {self.network!r}: it is the network")
+        pod.check_cni_bin_dir(self.cni_bin_dir, self.conflist)
 
     def _check_run_flags(self) -> None:
         if self.nano_cpus is not None and not 10**7 <= self.nano_cpus <= (os.cpu_count() or 1) * 10**9:

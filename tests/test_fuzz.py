@@ -73,11 +73,11 @@ SPEC_SCHEMA: dict[str, str] = {  # shimproto.spec.ContainerSpec, the `spec` map 
     "devices": "strlist", "sysctls": "map", "restart": "str", "healthcheck": "map",
     "ipc": "str", "pid": "str", "uts": "str", "masked_paths": "strlist", "readonly_paths": "strlist",
     "group_add": "strlist", "oom_score_adj": "int", "log_path": "str", "dns_search": "strlist",
-    "dns_options": "strlist", "conflist": "map",  # shimproto/pod.py: what a CRI pod's containers add
+    "dns_options": "strlist", "conflist": "map", "cni_bin_dir": "str",  # shimproto/pod.py: a CRI pod's fields
 }
 # shimproto.plans.NetworkPlan (lists of maps fuzzed as lists of strings)
 NETWORK_PLAN = {"mode": "str", "network": "str", "conflist": "map", "ports": "strlist", "join": "str",
-                "peers": "strlist", "files": "str"}
+                "peers": "strlist", "files": "str", "path": "str"}
 
 NAMESPACE_PLAN = {"ipc": "str", "pid": "str", "uts": "str", "hostname": "str"}  # shimproto.plans.NamespacePlan
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from shimproto.client import Client
-from shimproto.errors import InvalidArgument, InvalidState
+from shimproto.errors import InvalidArgument, InvalidState, ShimdError
 from tests.harness import wait_for
 
 SLEEP = ["sleep", "1000"]
@@ -279,10 +279,21 @@ def test_a_conflist_given_directly_attaches_the_container_and_publishes_on_a_hos
     wait_for(lambda: (fetch(nenv.netns, "http://127.0.0.1:12000/") or "").strip() == "pod-web", 10,
              "the port published on 127.0.0.1")
     assert (fetch(nenv.netns, f"http://{info['ip']}/") or "").strip() == "pod-web"
-    one = create(nenv, conflist={"cniVersion": "1.0.0", "name": "single", "type": "bridge", "bridge": "podbr1",
-                                 "ipam": {"type": "host-local", "dataDir": ipam,
-                                          "ranges": [[{"subnet": "10.78.0.0/24"}]]}})
+    single = {"cniVersion": "1.0.0", "name": "single", "type": "bridge", "bridge": "podbr1",
+              "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": "10.78.0.0/24"}]]}}
+    bin_dir, empty = os.path.join(nenv.base, "cni-bin"), os.path.join(nenv.base, "cni-empty")
+    os.makedirs(bin_dir)
+    os.makedirs(empty)
+    for name in os.listdir("/usr/lib/cni"):  # the plugins, from a directory of the CRI's cni_bin_dir kind
+        os.symlink(os.path.join("/usr/lib/cni", name), os.path.join(bin_dir, name))
+    one = create(nenv, conflist=single, cni_bin_dir=bin_dir)
     assert one["ip"].startswith("10.78.0.")
+    with pytest.raises(ShimdError, match=f"no plugin 'loopback' in {empty}"):
+        create(nenv, conflist=single, cni_bin_dir=empty)
+    with pytest.raises(InvalidArgument, match="invalid cni_bin_dir 'cni'"):
+        create(nenv, conflist=single, cni_bin_dir="cni")
+    with pytest.raises(InvalidArgument, match="cni_bin_dir needs a conflist"):
+        create(nenv, cni_bin_dir=bin_dir)
     nenv.ok("rm", "-f", info["id"], one["id"])
     assert veths(nenv.netns) == [] and leases(nenv.base) == []
     assert not [n for d in os.listdir(ipam) for n in os.listdir(os.path.join(ipam, d))

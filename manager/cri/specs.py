@@ -95,6 +95,7 @@ def sandbox_spec(sid: str, config: pb.PodSandboxConfig, cfg: CriConfig, runtime_
         spec["network"] = "host"
     else:
         spec["conflist"] = cni_conflist(cfg.cni_conf_dir)
+        spec["cni_bin_dir"] = cfg.cni_bin_dir
         spec["publish"] = port_texts(config.port_mappings)
         spec["hostname"] = config.hostname
     dns = config.dns_config
