@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import cri
+import crireport
 import figures
 import images
 import psutil
@@ -328,7 +329,7 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
                   f"The scale part took {out['took']['scale']:.0f} s (skip it with BENCH_SCALE=0).", ""]
     else:
         lines += ["## Scale (goal 6)", "", "_Skipped in this run (BENCH_SCALE=0 or quick mode)._", ""]
-    lines += cri.section(out.get("cri"), out["took"].get("cri", 0))
+    lines += crireport.section(out.get("cri"), out["took"].get("cri", 0))
     lines += ["## Logs (goal 5)", "", logs, ""]
     return "\n".join(lines)
 
@@ -377,9 +378,9 @@ def main() -> int:
     if not ok:
         return 1
     if a.only:
-        note = cri.own_run_note(began, time.monotonic() - t_start, (load0, os.getloadavg()[0]), m["commit"])
+        note = crireport.own_run_note(began, time.monotonic() - t_start, (load0, os.getloadavg()[0]), m["commit"])
         old = open(a.out).read() if os.path.exists(a.out) else "# Benchmarks\n"
-        text = cri.splice(old, cri.section(out.get("cri"), out["took"].get("cri", 0), note))
+        text = crireport.splice(old, crireport.section(out.get("cri"), out["took"].get("cri", 0), note))
     else:
         logs = logs_table(a)
         text = render(a, m, out, logs, began, time.monotonic() - t_start, (load0, os.getloadavg()[0]))
