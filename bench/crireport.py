@@ -1,5 +1,5 @@
-"""The CRI part's section of docs/benchmarks.md (bench/cri.py measures): a table of medians in bench/report.py's
-rows, the spread of the samples, and what was done, from the run's own facts."""
+"""The CRI part's section of docs/benchmarks.md (bench/cri.py measures): one table of medians in bench/report.py's
+rows (host-network pods, then CNI pods), the spread of the samples, and what was done, from the run's own facts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,39 @@ from report import Row, table
 from util import median
 
 STEPS = ("runp", "create", "start")
+KINDS = ("host", "cni")
 
 
 def _med(samples: list[dict[str, float]], step: str) -> float | None:
     return median([sum(x.values()) if step == "total" else x[step] for x in samples])
+
+
+LABELS = {"host": ("host network", "host-network", "the pause stand-in"),  # network, pod, sandbox
+          "cni": ("CNI network", "CNI", "the pause stand-in; bridge + host-local + portmap")}
+
+
+def _rows(res: dict, kind: str) -> list[Row]:
+    s, c = res["samples"][kind]["shimd"], res["samples"][kind]["containerd"]
+    net, pod, sandbox = LABELS[kind]
+    label = {"runp": f"`crictl runp`, {net} (sandbox: {sandbox})",
+             "create": f"`crictl create` in a {pod} pod (busybox `sleep`, image already pulled)",
+             "start": f"`crictl start` in a {pod} pod", "total": f"runp + create + start, per {pod} pod"}
+    return [Row(label[k], None, _med(s, k), _med(c, k), "ms", "reported" if k == "total" else "")
+            for k in (*STEPS, "total")]
+
+
+def _spread(res: dict) -> list[str]:
+    out = ["| samples (ms): min / p25 / median / p75 / max | shimd | containerd |", "|---|---|---|"]
+    for kind in KINDS:
+        s, c = res["samples"][kind]["shimd"], res["samples"][kind]["containerd"]
+        for k in (*STEPS, "total"):
+            cells = []
+            for xs in (s, c):
+                v = sorted(sum(x.values()) if k == "total" else x[k] for x in xs)
+                q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+                cells.append(" / ".join(f"{x * 1000:.1f}" for x in (v[0], q[0], q[1], q[2], v[-1])))
+            out.append(f"| {LABELS[kind][1]} pod: {k} ({len(s)} each) | " + " | ".join(cells) + " |")
+    return out
 
 
 def section(res: dict | None, took: float, note: str = "") -> list[str]:
@@ -22,39 +51,32 @@ def section(res: dict | None, took: float, note: str = "") -> list[str]:
         return head + ["_Skipped in this run (BENCH_CRI=0)._", ""]
     if "error" in res:
         return head + [f"_The CRI part failed: {res['error']}_", ""]
-    s, c = res["samples"]["shimd"], res["samples"]["containerd"]
-    label = {"runp": "`crictl runp` (sandbox: the pause stand-in, host network)",
-             "create": "`crictl create` (busybox `sleep`, image already pulled)",
-             "start": "`crictl start`", "total": "runp + create + start, per pod"}
-    rows = [Row(label[k], None, _med(s, k), _med(c, k), "ms", "reported" if k == "total" else "")
-            for k in (*STEPS, "total")]
-    spread = ["| samples (ms): min / p25 / median / p75 / max | shimd | containerd |", "|---|---|---|"]
-    for k in (*STEPS, "total"):
-        cells = []
-        for xs in (s, c):
-            v = sorted(sum(x.values()) if k == "total" else x[k] for x in xs)
-            q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
-            cells.append(" / ".join(f"{x * 1000:.1f}" for x in (v[0], q[0], q[1], q[2], v[-1])))
-        spread.append(f"| {k} ({len(s)} each) | " + " | ".join(cells) + " |")
+    rows = _rows(res, "host") + _rows(res, "cni")
+    (sb, ss), (cb, cs) = res["nets"]["shimd"], res["nets"]["containerd"]
+    left = (f" Left in the namespace once every pod was removed: {', '.join(res['left'])}." if res["left"] else
+            " Once every pod was removed, no veth and no host-local lease was left in the namespace.")
     text = (
-        f"{res['n']} pods per runtime, the runtimes alternating (the order rotating), each step timed from spawn "
-        "to exit of `crictl` (the same Go binary for both; its own start-up is in every figure); the total is the "
-        "median of each pod's sum. Each pod was stopped and removed after its measurement (untimed), and one pod "
-        "per runtime was made and removed before (warm-up, untimed). Same images for both, pulled before anything "
-        "was timed: the CRI tests' stand-ins (tests/cri_images.py) served by a docker-registry on 127.0.0.1 "
-        f"(`{res['images'][0]}` as both runtimes' sandbox image, a busybox running `sleep 100000` in the pod). "
-        "shimd: its CRI front (`python -m manager.cri`) before a manager set up as for the figures above, images "
-        "pulled with `shimctl pull`; containerd 1.6: its CRI plugin with runc.v2 and the overlayfs snapshotter, "
-        "images pulled with `crictl pull`. **Host network for both pods** (namespace_options network NODE): "
-        "shimd's CNI pods need the spec field `conflist`, which main's ContainerSpec does not have yet (it drops "
-        "the key: a pod without host network gets the manager's default network and no IP), so pod networking "
-        "through CNI (a bridge and host-local IPAM: each runtime's largest cost of a `runp`) is not in "
-        "these figures. shimd's state directory was /run/shimd-<run id> rather than under the bench's temp dir: "
-        "a CRI id is 64 hex digits and the shim's socket, <state>/shims/<id>/shim.sock, must fit in 107 bytes."
-        + (f" Uncommitted files present in the project: {', '.join(res['untracked'])}." if res.get("untracked")
-           else "")
+        f"{res['n']} pods of each kind per runtime, host-network pods (namespace_options network NODE) and CNI pods "
+        "(network POD) in turn, the runtimes alternating (the orders rotating), each step timed from spawn to exit "
+        "of `crictl` (the same Go binary for both, started through `nsenter --net`; its own start-up is in every "
+        "figure); the total is the median of each pod's sum. Each pod was stopped and removed after its "
+        "measurement (untimed), and one pod of each kind per runtime was made and removed before (warm-up, "
+        "untimed); a CNI pod's address was checked to be in its runtime's subnet (untimed). Both daemons, the "
+        "registry and crictl ran in a network namespace the bench made (`ip netns add`, loopback up, entered "
+        "with `nsenter --net`), deleted at the end: nothing touched the host's network. Same images for both, "
+        "pulled with `crictl pull` through each runtime's CRI socket before anything was timed: the CRI tests' "
+        "stand-ins (tests/cri_images.py) served by a docker-registry on 127.0.0.1 inside the namespace "
+        f"(`{res['images'][0]}` as both runtimes' sandbox image, a busybox running `sleep 100000` in the pod), "
+        "plain HTTP through shimd's [cri] registries_conf (`insecure = true`) and containerd's hosts.toml. "
+        "shimd: its CRI front (`python -m manager.cri`) before a manager set up as for the figures above, its "
+        f"state directory under the bench's temp dir ({res['state']}: a shim's socket path is "
+        f"{res['sock_len']} bytes of the 107 that fit); containerd 1.6: its CRI plugin with runc.v2 and the "
+        "overlayfs snapshotter. CNI: the same conflist shape for both in each runtime's configuration directory "
+        "(bridge with isGateway and ipMasq, host-local IPAM keeping its leases under the bench's directory, "
+        f"portmap; the plugins of /usr/lib/cni): bridge `{sb}` on {ss} for shimd, `{cb}` on {cs} for "
+        "containerd; the pods mapped no ports, so portmap had nothing to set up." + left
         + f" The CRI part took {took:.0f} s (skip it with BENCH_CRI=0; run it alone with BENCH_ONLY=cri).")
-    return head + ([note, ""] if note else []) + [*table(rows), "", *spread, "", text, ""]
+    return head + ([note, ""] if note else []) + [*table(rows), "", *_spread(res), "", text, ""]
 
 
 def splice(doc: str, lines: list[str]) -> str:

@@ -14,9 +14,9 @@ Usage, as root (`make bench` sets things up and runs this under `tini -s` so tha
 Environment: BENCH_QUICK=1 (3 iterations, 5 containers, no scale part, logs.py small, written to
 /tmp/shimd-bench-quick.md unless --out: for checking that it works, its numbers are not results);
 BENCH_N, BENCH_CONTAINERS, BENCH_SCALE (0 skips the scale part), BENCH_RESTORES, BENCH_OUT, BENCH_LOGS=0 (skip
-bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600), BENCH_CRI (pods per
-runtime for the CRI part, bench/cri.py; 0 skips it), BENCH_ONLY=cri (only the CRI part: its section replaces the
-one in --out, the rest of that file kept).
+bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600), BENCH_CRI (pods of
+each kind, host network and CNI, per runtime for the CRI part, bench/cri.py; 0 skips it), BENCH_ONLY=cri (only the
+CRI part: its section replaces the one in --out, the rest of that file kept).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def options() -> argparse.Namespace:
     ap.add_argument("--images", type=int, default=_env_int("BENCH_IMAGES", 1 if quick else 5),
                     help="pulls per system for the image figures (0: skip them)")
     ap.add_argument("--cri", type=int, default=_env_int("BENCH_CRI", 3 if quick else 10),
-                    help="pods per runtime for the CRI figures (0: skip them)")
+                    help="pods of each kind per runtime for the CRI figures (0: skip them)")
     ap.add_argument("--restores", type=int, default=_env_int("BENCH_RESTORES", 2 if quick else 5),
                     help="daemon restarts per restore figure")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT") or (
