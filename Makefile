@@ -15,8 +15,9 @@ chaos:
 # runc alone vs shimd vs containerd, side by side (issue 10's goals); results in docs/benchmarks.md. Installs
 # containerd if missing. Run it on a quiet machine: the full run takes minutes (500 containers; BENCH_SCALE=0 skips
 # that part). BENCH_QUICK=1 checks that it works (5 containers, no scale part, written to /tmp/shimd-bench-quick.md).
-# The CRI part (bench/cri.py: crictl runp + create + start, shimd against containerd's CRI) runs last; BENCH_CRI=0
-# skips it, BENCH_ONLY=cri runs it alone and replaces its section of the output file.
+# The CRI part (bench/cri.py: crictl runp + create + start of host-network and CNI pods, shimd against containerd's
+# CRI, both in a network namespace of their own) runs last; BENCH_CRI=0 skips it, BENCH_ONLY=cri runs it alone and
+# replaces its section of the output file.
 bench:
 	scripts/setup
 	command -v containerd >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd

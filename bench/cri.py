@@ -1,49 +1,51 @@
 """CRI in the benchmark: a pod with one container (a sleeping busybox) through `crictl runp` + `crictl create` +
 `crictl start`, each step timed from spawn to exit of crictl (a Go binary, the same for both), against Debian's
-containerd 1.6 with its CRI plugin; the runtimes alternating, the order rotating, medians of each step and of the
-per-pod total. Each pod is stopped and removed (`crictl stopp` + `crictl rmp`) after its measurement, untimed; one
-pod per runtime is made and removed first, untimed (warm-up).
+containerd 1.6 with its CRI plugin. Two kinds of pod, in turn: host network (namespace_options network NODE) and a
+CNI network (network POD). The runtimes alternate, the order rotating; medians of each step and of the per-pod
+total. Each pod is stopped and removed (`crictl stopp` + `crictl rmp`) after its measurement, untimed; one pod of
+each kind per runtime is made and removed first, untimed (warm-up).
 
-Same images for both: the stand-ins of the CRI tests (tests/cri_images.py: a busybox-based pause and Debian's
-busybox, built once with umoci and cached), pushed with skopeo to a docker-registry on 127.0.0.1
-(tests/imagekit.py's Registry); this module imports those two test modules rather than copying them. Both runtimes
-pull both images before anything is timed: shimd with `shimctl pull --tls-verify=false` (its CRI ImageService is
-not on main yet), containerd with `crictl pull` (its hosts.toml makes the registry plain HTTP). shimd's
-`[cri] sandbox_image` and containerd's `sandbox_image` are the same pause reference.
+Both daemons, the registry and every crictl run in a network namespace of the run (bench/crinet.py). Same images
+for both: the stand-ins of the CRI tests (tests/cri_images.py: a busybox-based pause and Debian's busybox, built once
+with umoci and cached), pushed with skopeo to a docker-registry on 127.0.0.1 inside the namespace; this module imports
+that test module rather than copying it. Both runtimes pull both images with `crictl pull` through their CRI socket
+before anything is timed: shimd's [cri] registries_conf (containers-registries.conf v2) marks the registry insecure,
+i.e. plain HTTP; containerd's hosts.toml does the same. shimd's [cri] sandbox_image and containerd's sandbox_image
+are the same pause reference.
 
-Network: host network for both (namespace_options network NODE): shimd's CNI pods need the spec field `conflist`,
-which main's ContainerSpec does not have yet (it ignores the key): tried, a pod without host network got the
-manager's default network (`none` here) and no IP.
-Nothing here touches the host's network.
+CNI: each runtime's configuration directory holds one conflist of the same shape (bridge + host-local, its leases
+under the bench's directory, + portmap), with a bridge name and a subnet of its own; the plugins of /usr/lib/cni.
+A CNI pod's address is checked (untimed) to be in its runtime's subnet.
 
-Everything either daemon makes stays under the bench's directory (containerd: root, state, runc root, its CRI
-plugin's files) but containerd's shim sockets (/run/containerd/s/<hash>, removed by name) and its cgroups
-(/k8s.io/<id> in each hierarchy, removed when this run made them).
+Everything either daemon makes stays under the bench's directory (shimd: root and state; containerd: root, state,
+runc root, its CRI plugin's files) but containerd's shim sockets (/run/containerd/s/<hash>, removed by name) and its
+cgroups (/k8s.io/<id> in each hierarchy, removed when this run made them).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import ipaddress
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import time
 
 from containerd import Containerd
-from report import Row, table
+from crinet import Images, NetNs
+from crireport import KINDS
 from systems import Shimd, _stop
-from util import REPO, manager_cmd, median, rotate, run, say, wait_for
+from util import REPO, manager_cmd, rotate, run, say, wait_for
 
-from tests import cri_images
 from tests.harness import shared_tools
-from tests.imagekit import Registry
 
 CRICTL = "/usr/local/bin/crictl"
-STEPS = ("runp", "create", "start")
+CNI_BIN = "/usr/lib/cni"
 PAUSE_NAME, BUSYBOX_NAME = "bench/pause:3.6", "bench/busybox:1.29"
+SUBNETS = {"shimd": "10.231.1.0/24", "containerd": "10.231.2.0/24"}  # inside the run's own namespace
+SOCK_MAX = 107  # bytes of a unix socket's path (sun_path less its NUL)
+CRI_ID = 32  # hex digits of a CRI id of shimd (manager/cri/calls.py's new_id)
 
 
 def ensure_crictl() -> None:
@@ -54,42 +56,23 @@ def ensure_crictl() -> None:
                        env={**os.environ, "OUT": os.path.dirname(CRICTL)}, stdin=subprocess.DEVNULL)
 
 
-def untracked() -> list[str]:
-    """Python files of the project present but not committed (they take part in what is measured)."""
-    p = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=all", "--", "manager",
-                        "shimd", "shimproto", "runtime", "shimctl"], capture_output=True, text=True)
-    return [ln[3:] for ln in p.stdout.splitlines() if ln.startswith("??") and ln.endswith(".py")]
-
-
-class Images:
-    """The registry holding the two stand-ins; cleanup() stops it (and removes its directory)."""
-    name = "registry"
-
-    def __init__(self) -> None:
-        layout = cri_images.ensure_images()
-        self.registry = Registry()
-        addr = self.registry.addr
-        cri_images.push_all(layout, addr, [], {PAUSE_NAME: "pause", BUSYBOX_NAME: "busybox"})
-        self.pause, self.busybox = f"{addr}/{PAUSE_NAME}", f"{addr}/{BUSYBOX_NAME}"
-
-    def cleanup(self) -> None:
-        self.registry.stop()
-
-
 class CriSide:
-    """What both runtimes share: crictl with a client config of our own, pods made and removed."""
+    """What both runtimes share: crictl with a client config of our own, run in the namespace; pods made and removed;
+    the CNI network (a bridge and a subnet of the runtime's own)."""
     name = ""
     endpoint = ""
+    subnet = ""
 
-    def write_crictl_config(self, d: str) -> None:
+    def write_crictl_config(self, d: str, netns: NetNs) -> None:
         self.crictl_config = os.path.join(d, "crictl.yaml")
         with open(self.crictl_config, "w") as f:
             f.write(f"runtime-endpoint: unix://{self.endpoint}\nimage-endpoint: unix://{self.endpoint}\n"
                     "timeout: 120\npull-image-on-create: false\n")
+        self.wrap = netns.enter()
         self.pods: set[str] = set()
 
     def crictl(self, *args: str) -> list[str]:
-        return [CRICTL, "--config", self.crictl_config, *args]
+        return [*self.wrap, CRICTL, "--config", self.crictl_config, *args]
 
     def out(self, *args: str, timeout: float = 120) -> tuple[float, str]:
         """Seconds from spawn to exit of crictl args, and its stdout (stripped); an error raises."""
@@ -104,6 +87,10 @@ class CriSide:
     def serving(self) -> bool:
         return run(self.crictl("version"), check=False, timeout=30).returncode == 0
 
+    def pull(self, images: Images) -> None:
+        for ref in (images.refs[PAUSE_NAME], images.refs[BUSYBOX_NAME]):
+            self.out("pull", ref, timeout=300)
+
     def remove_pod(self, pod: str) -> None:
         self.out("stopp", pod)
         self.out("rmp", pod)
@@ -117,31 +104,33 @@ class CriSide:
 
 
 class ShimdCri(Shimd, CriSide):
-    """A shimd manager of its own (containers without a network by default, as in the other figures), serving CRI
-    on <state>/cri.sock with the pause stand-in as its sandbox image."""
+    """A shimd manager of its own in the namespace (containers without a network unless a pod brings a conflist, as
+    in the other figures), serving CRI on <state>/cri.sock with the pause stand-in as its sandbox image."""
 
-    def __init__(self, base: str, started: float, images: Images, prefix: str) -> None:
-        super().__init__(base, started)
-        # a short state dir: a CRI id is 64 hex digits and <state>/shims/<id>/shim.sock must fit in 107 bytes
-        self.state = os.path.join("/run", f"shimd-{prefix}")
-        self.sock = os.path.join(self.state, "shimd.sock")
+    def __init__(self, base: str, started: float, images: Images, netns: NetNs, prefix: str) -> None:
+        super().__init__(base, started)  # root and state under base
+        longest = os.path.join(self.state, "shims", "f" * CRI_ID, "shim.sock")
+        if len(longest.encode()) > SOCK_MAX:
+            raise RuntimeError(f"shimd's state dir {self.state} is too long: a shim's socket, {longest}, would take "
+                               f"{len(longest.encode())} bytes and at most {SOCK_MAX} fit")
+        self.sock_len = len(longest.encode())
         self.endpoint = os.path.join(self.state, "cri.sock")
-        self.images = images
-        self.cni = os.path.join(base, "shimd-cni")  # empty: no pod network configured (host-network pods)
-        os.makedirs(self.cni)
-        self.write_crictl_config(base)
+        self.images, self.netns = images, netns
+        self.net = os.path.join(base, "shimd-net.d")
+        self.bridge, self.subnet = f"{prefix}s", SUBNETS[self.name]
+        netns.conflist(self.net, self.bridge, self.subnet)
+        self.registries_conf = os.path.join(base, "shimd-registries.conf")
+        with open(self.registries_conf, "w") as f:  # containers-registries.conf(5) v2: our registry is plain HTTP
+            f.write(f'[[registry]]\nlocation = "{images.addr}"\ninsecure = true\n')
+        self.write_crictl_config(base, netns)
 
     def start_daemon(self) -> None:
-        cri = (f'[cri]\nsandbox_image = "{self.images.pause}"\ncni_conf_dir = "{self.cni}"\n'
-               f'registries_conf = "{os.path.join(self.cni, "registries.conf")}"\n')
+        cri = (f'[cri]\nsandbox_image = "{self.images.refs[PAUSE_NAME]}"\ncni_conf_dir = "{self.net}"\n'
+               f'cni_bin_dir = "{CNI_BIN}"\nregistries_conf = "{self.registries_conf}"\n')
         cmd, env = manager_cmd(self.root, self.state, cri)
         env["SHIMD_CRI"] = "1"
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=self.log)
-
-    def pull(self) -> None:
-        for ref in (self.images.pause, self.images.busybox):
-            run(self.ctl("pull", "-q", "--tls-verify=false", ref), timeout=300)
+        self.proc = subprocess.Popen([*self.netns.enter(), *cmd], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=self.log)
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -152,23 +141,25 @@ class ShimdCri(Shimd, CriSide):
         for m in sorted(mounts, key=len, reverse=True):
             say(f"cleanup: umount {m}")
             subprocess.run(["umount", "-l", m], capture_output=True)
-        shutil.rmtree(self.state, ignore_errors=True)
 
 
 class ContainerdCri(Containerd, CriSide):
-    """containerd 1.6 with its CRI plugin, everything under its directory: the runc root (runc.v2's Root option),
-    the CRI plugin's state, an empty CNI conf dir, a hosts dir making our registry plain HTTP."""
+    """containerd 1.6 with its CRI plugin in the namespace, everything under its directory: the runc root (runc.v2's
+    Root option), the CRI plugin's state, a CNI conf dir with its conflist, a hosts dir making our registry plain
+    HTTP."""
     name = "containerd"
 
-    def __init__(self, base: str, started: float, images: Images) -> None:
+    def __init__(self, base: str, started: float, images: Images, netns: NetNs, prefix: str) -> None:
         super().__init__(base, "", "k8s.io", started)  # the CRI plugin's namespace; writes a config, replaced here
         self.endpoint = self.sock
-        hosts = os.path.join(self.dir, "certs.d", images.registry.addr)
+        self.netns = netns
+        hosts = os.path.join(self.dir, "certs.d", images.addr)
         os.makedirs(hosts)
         with open(os.path.join(hosts, "hosts.toml"), "w") as f:
-            f.write(f'server = "http://{images.registry.addr}"\n\n[host."http://{images.registry.addr}"]\n'
+            f.write(f'server = "http://{images.addr}"\n\n[host."http://{images.addr}"]\n'
                     '  capabilities = ["pull", "resolve"]\n')
-        os.makedirs(os.path.join(self.dir, "net.d"))
+        self.bridge, self.subnet = f"{prefix}c", SUBNETS[self.name]
+        netns.conflist(os.path.join(self.dir, "net.d"), self.bridge, self.subnet)
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         with open(self.config, "w") as f:
             f.write(f"""version = 2
@@ -181,7 +172,7 @@ state = "{self.dir}/state"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{self.dir}/opt"
 [{cri}]
-  sandbox_image = "{images.pause}"
+  sandbox_image = "{images.refs[PAUSE_NAME]}"
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
@@ -194,22 +185,21 @@ state = "{self.dir}/state"
 [{cri}.containerd.runtimes.runc.options]
   Root = "{self.runc_root}"
 [{cri}.cni]
-  bin_dir = "/usr/lib/cni"
+  bin_dir = "{CNI_BIN}"
   conf_dir = "{self.dir}/net.d"
 [{cri}.registry]
   config_path = "{self.dir}/certs.d"
 """)
-        self.images = images
         self.all_pods: set[str] = set()  # every pod made: containerd's shim of each (its socket) is one per pod
-        self.write_crictl_config(self.dir)
+        self.write_crictl_config(self.dir, netns)
         self.cgroups_before = k8s_cgroups()
+
+    def start_daemon(self) -> None:
+        self.proc = subprocess.Popen([*self.netns.enter(), "containerd", "--config", self.config],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
 
     def wait_serving(self, timeout: float = 60) -> None:
         wait_for(self.serving, timeout, "containerd's CRI to serve", 0.05)
-
-    def pull(self) -> None:
-        for ref in (self.images.pause, self.images.busybox):
-            self.out("pull", ref, timeout=300)
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -239,11 +229,13 @@ def k8s_cgroups() -> set[str]:
     return set(glob.glob("/sys/fs/cgroup/*/k8s.io")) | set(glob.glob("/sys/fs/cgroup/k8s.io"))
 
 
-def _configs(d: str, side: CriSide, image: str, tag: str) -> tuple[str, str]:
-    """A pod config (host network, a log directory) and a container config (busybox `sleep`), as files."""
-    pod = {"metadata": {"name": f"bench-{tag}", "namespace": "bench", "uid": f"uid-{tag}", "attempt": 0},
-           "log_directory": os.path.join(d, "pod-logs", tag),
-           "linux": {"security_context": {"namespace_options": {"network": 2}}}}
+def _configs(d: str, image: str, tag: str, kind: str) -> tuple[str, str]:
+    """A pod config (host network or the CNI network, a log directory) and a container config (busybox `sleep`),
+    as files."""
+    pod: dict = {"metadata": {"name": f"bench-{tag}", "namespace": "bench", "uid": f"uid-{tag}", "attempt": 0},
+                 "log_directory": os.path.join(d, "pod-logs", tag), "linux": {}}
+    if kind == "host":
+        pod["linux"] = {"security_context": {"namespace_options": {"network": 2}}}
     ctr = {"metadata": {"name": "sleep"}, "image": {"image": image}, "command": ["sleep", "100000"],
            "log_path": "sleep.log", "linux": {}}
     paths = (os.path.join(d, f"pod-{tag}.json"), os.path.join(d, f"ctr-{tag}.json"))
@@ -253,9 +245,20 @@ def _configs(d: str, side: CriSide, image: str, tag: str) -> tuple[str, str]:
     return paths
 
 
-def one_pod(side: CriSide, d: str, image: str, tag: str) -> dict[str, float]:
-    """runp, create, start timed; the container checked running, then the pod stopped and removed (untimed)."""
-    pod_json, ctr_json = _configs(d, side, image, tag)
+def _check_address(side: CriSide, pod: str) -> None:
+    _, ip = side.out("inspectp", "-o", "go-template", "--template", "{{.status.network.ip}}", pod)
+    try:
+        ok = ipaddress.ip_address(ip) in ipaddress.ip_network(side.subnet)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise RuntimeError(f"{side.name}: CNI pod {pod} has the address {ip!r}, not one of {side.subnet}")
+
+
+def one_pod(side: CriSide, d: str, image: str, tag: str, kind: str) -> dict[str, float]:
+    """runp, create, start timed; the container checked running (and a CNI pod's address checked), then the pod
+    stopped and removed (untimed)."""
+    pod_json, ctr_json = _configs(d, image, tag, kind)
     t: dict[str, float] = {}
     t["runp"], pod = side.out("runp", pod_json)
     side.pods.add(pod)
@@ -266,100 +269,47 @@ def one_pod(side: CriSide, d: str, image: str, tag: str) -> dict[str, float]:
     _, state = side.out("inspect", "-o", "go-template", "--template", "{{.status.state}}", cid)
     if state != "CONTAINER_RUNNING":
         raise RuntimeError(f"{side.name}: container {cid} of pod {pod} is {state!r} after start")
+    if kind == "cni":
+        _check_address(side, pod)
     side.remove_pod(pod)
     return t
 
 
 def measure(base: str, prefix: str, started: float, n: int, systems: list) -> dict:
-    """n pods per runtime, alternating; every daemon made is appended to systems (the caller cleans them up)."""
+    """n pods of each kind per runtime, alternating; every daemon and namespace made is appended to systems (the
+    caller cleans them up, last first)."""
     d = os.path.join(base, "cri")
     os.makedirs(d)
     ensure_crictl()
-    say("cri: stand-in images (tests/cri_images.py), a registry on 127.0.0.1")
-    images = Images()
+    netns = NetNs(prefix)
+    systems.append(netns)
+    netns.add()
+    say(f"cri: network namespace {netns.ns}; the stand-in images (tests/cri_images.py) on a registry inside it")
+    images = Images(d, {PAUSE_NAME: "pause", BUSYBOX_NAME: "busybox"})
     systems.append(images)
-    shimd = ShimdCri(d, started, images, prefix)
+    images.start(netns)
+    shimd = ShimdCri(d, started, images, netns, prefix)
     systems.append(shimd)
-    ctd = ContainerdCri(d, started, images)
+    ctd = ContainerdCri(d, started, images, netns, prefix)
     systems.append(ctd)
+    busybox = images.refs[BUSYBOX_NAME]
     for s in (shimd, ctd):
-        say(f"cri: starting {s.name}, pulling both images")
+        say(f"cri: starting {s.name}, pulling both images with crictl, a warm-up pod of each kind")
         s.start_daemon()
         s.wait_serving()
         if s is shimd:
             wait_for(s.serving, 60, "shimd's CRI front to serve", 0.05)
-        s.pull()
-        one_pod(s, d, images.busybox, f"{prefix}-{s.name[0]}warm")
-    out: dict = {"n": n, "samples": {s.name: [] for s in (shimd, ctd)}}
-    say(f"cri: {n} pods each (runp + create + start), alternating")
+        s.pull(images)
+        for kind in KINDS:
+            one_pod(s, d, busybox, f"{prefix}-{s.name[0]}warm{kind}", kind)
+    out: dict = {"n": n, "samples": {k: {s.name: [] for s in (shimd, ctd)} for k in KINDS}}
+    say(f"cri: {n} pods of each kind per runtime (runp + create + start), alternating")
     for i in range(n):
-        for s in rotate([shimd, ctd], i):
-            out["samples"][s.name].append(one_pod(s, d, images.busybox, f"{prefix}-{s.name[0]}{i}"))
-    out["images"] = (images.pause, images.busybox)
-    out["untracked"] = untracked()
+        for kind in rotate(list(KINDS), i):
+            for s in rotate([shimd, ctd], i):
+                out["samples"][kind][s.name].append(one_pod(s, d, busybox, f"{prefix}-{s.name[0]}{kind}{i}", kind))
+    out["images"] = (images.refs[PAUSE_NAME], busybox)
+    out["nets"] = {s.name: (s.bridge, s.subnet) for s in (shimd, ctd)}
+    out["left"] = netns.left()
+    out["state"], out["sock_len"] = shimd.state, shimd.sock_len
     return out
-
-
-def _med(samples: list[dict[str, float]], step: str) -> float | None:
-    return median([sum(x.values()) if step == "total" else x[step] for x in samples])
-
-
-def section(res: dict | None, took: float, note: str = "") -> list[str]:
-    """The CRI figures as a section of docs/benchmarks.md."""
-    head = ["## CRI: a pod with one container through crictl", ""]
-    if not res:
-        return head + ["_Skipped in this run (BENCH_CRI=0)._", ""]
-    if "error" in res:
-        return head + [f"_The CRI part failed: {res['error']}_", ""]
-    s, c = res["samples"]["shimd"], res["samples"]["containerd"]
-    label = {"runp": "`crictl runp` (sandbox: the pause stand-in, host network)",
-             "create": "`crictl create` (busybox `sleep`, image already pulled)",
-             "start": "`crictl start`", "total": "runp + create + start, per pod"}
-    rows = [Row(label[k], None, _med(s, k), _med(c, k), "ms", "reported" if k == "total" else "")
-            for k in (*STEPS, "total")]
-    spread = ["| samples (ms): min / p25 / median / p75 / max | shimd | containerd |", "|---|---|---|"]
-    for k in (*STEPS, "total"):
-        cells = []
-        for xs in (s, c):
-            v = sorted(sum(x.values()) if k == "total" else x[k] for x in xs)
-            q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
-            cells.append(" / ".join(f"{x * 1000:.1f}" for x in (v[0], q[0], q[1], q[2], v[-1])))
-        spread.append(f"| {k} ({len(s)} each) | " + " | ".join(cells) + " |")
-    text = (
-        f"{res['n']} pods per runtime, the runtimes alternating (the order rotating), each step timed from spawn "
-        "to exit of `crictl` (the same Go binary for both; its own start-up is in every figure); the total is the "
-        "median of each pod's sum. Each pod was stopped and removed after its measurement (untimed), and one pod "
-        "per runtime was made and removed before (warm-up, untimed). Same images for both, pulled before anything "
-        "was timed: the CRI tests' stand-ins (tests/cri_images.py) served by a docker-registry on 127.0.0.1 "
-        f"(`{res['images'][0]}` as both runtimes' sandbox image, a busybox running `sleep 100000` in the pod). "
-        "shimd: its CRI front (`python -m manager.cri`) before a manager set up as for the figures above, images "
-        "pulled with `shimctl pull`; containerd 1.6: its CRI plugin with runc.v2 and the overlayfs snapshotter, "
-        "images pulled with `crictl pull`. **Host network for both pods** (namespace_options network NODE): "
-        "shimd's CNI pods need the spec field `conflist`, which main's ContainerSpec does not have yet (it drops "
-        "the key: a pod without host network gets the manager's default network and no IP), so pod networking "
-        "through CNI (a bridge and host-local IPAM: each runtime's largest cost of a `runp`) is not in "
-        "these figures. shimd's state directory was /run/shimd-<run id> rather than under the bench's temp dir: "
-        "a CRI id is 64 hex digits and the shim's socket, <state>/shims/<id>/shim.sock, must fit in 107 bytes."
-        + (f" Uncommitted files present in the project: {', '.join(res['untracked'])}." if res.get("untracked")
-           else "")
-        + f" The CRI part took {took:.0f} s (skip it with BENCH_CRI=0; run it alone with BENCH_ONLY=cri).")
-    return head + ([note, ""] if note else []) + [*table(rows), "", *spread, "", text, ""]
-
-
-def splice(doc: str, lines: list[str]) -> str:
-    """doc with its CRI section replaced by lines (or lines put before the Logs section, else at the end)."""
-    old = doc.split("\n")
-    new = list(lines)
-    start = next((i for i, ln in enumerate(old) if ln.startswith("## CRI")), None)
-    if start is not None:
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("## ")), len(old))
-        return "\n".join(old[:start] + new + old[end:])
-    at = next((i for i, ln in enumerate(old) if ln.startswith("## Logs")), len(old))
-    return "\n".join(old[:at] + new + old[at:])
-
-
-def own_run_note(began: str, took: float, load: tuple, commit: str) -> str:
-    return (f"_From a run of this part alone (`BENCH_ONLY=cri`), started {began} UTC, {took / 60:.1f} min, load "
-            f"average {load[0]:.2f} at its start and {load[1]:.2f} at its end, shimd at commit {commit}; the other "
-            "sections are from the run described at the top._")
-

@@ -14,9 +14,9 @@ Usage, as root (`make bench` sets things up and runs this under `tini -s` so tha
 Environment: BENCH_QUICK=1 (3 iterations, 5 containers, no scale part, logs.py small, written to
 /tmp/shimd-bench-quick.md unless --out: for checking that it works, its numbers are not results);
 BENCH_N, BENCH_CONTAINERS, BENCH_SCALE (0 skips the scale part), BENCH_RESTORES, BENCH_OUT, BENCH_LOGS=0 (skip
-bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600), BENCH_CRI (pods per
-runtime for the CRI part, bench/cri.py; 0 skips it), BENCH_ONLY=cri (only the CRI part: its section replaces the
-one in --out, the rest of that file kept).
+bench/logs.py), BENCH_LOGS_ARGS (its arguments), BENCH_LOGS_TIMEOUT (seconds, default 3600), BENCH_CRI (pods of
+each kind, host network and CNI, per runtime for the CRI part, bench/cri.py; 0 skips it), BENCH_ONLY=cri (only the
+CRI part: its section replaces the one in --out, the rest of that file kept).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import cri
+import crireport
 import figures
 import images
 import psutil
@@ -64,7 +65,7 @@ def options() -> argparse.Namespace:
     ap.add_argument("--images", type=int, default=_env_int("BENCH_IMAGES", 1 if quick else 5),
                     help="pulls per system for the image figures (0: skip them)")
     ap.add_argument("--cri", type=int, default=_env_int("BENCH_CRI", 3 if quick else 10),
-                    help="pods per runtime for the CRI figures (0: skip them)")
+                    help="pods of each kind per runtime for the CRI figures (0: skip them)")
     ap.add_argument("--restores", type=int, default=_env_int("BENCH_RESTORES", 2 if quick else 5),
                     help="daemon restarts per restore figure")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT") or (
@@ -328,7 +329,7 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
                   f"The scale part took {out['took']['scale']:.0f} s (skip it with BENCH_SCALE=0).", ""]
     else:
         lines += ["## Scale (goal 6)", "", "_Skipped in this run (BENCH_SCALE=0 or quick mode)._", ""]
-    lines += cri.section(out.get("cri"), out["took"].get("cri", 0))
+    lines += crireport.section(out.get("cri"), out["took"].get("cri", 0))
     lines += ["## Logs (goal 5)", "", logs, ""]
     return "\n".join(lines)
 
@@ -377,9 +378,9 @@ def main() -> int:
     if not ok:
         return 1
     if a.only:
-        note = cri.own_run_note(began, time.monotonic() - t_start, (load0, os.getloadavg()[0]), m["commit"])
+        note = crireport.own_run_note(began, time.monotonic() - t_start, (load0, os.getloadavg()[0]), m["commit"])
         old = open(a.out).read() if os.path.exists(a.out) else "# Benchmarks\n"
-        text = cri.splice(old, cri.section(out.get("cri"), out["took"].get("cri", 0), note))
+        text = crireport.splice(old, crireport.section(out.get("cri"), out["took"].get("cri", 0), note))
     else:
         logs = logs_table(a)
         text = render(a, m, out, logs, began, time.monotonic() - t_start, (load0, os.getloadavg()[0]))
