@@ -38,6 +38,7 @@ from crireport import KINDS
 from systems import Shimd, _stop
 from util import REPO, manager_cmd, rotate, run, say, wait_for
 
+from tests.critest_env import containerd_cri_config
 from tests.harness import shared_tools
 
 CRICTL = "/usr/local/bin/crictl"
@@ -160,36 +161,9 @@ class ContainerdCri(Containerd, CriSide):
                     '  capabilities = ["pull", "resolve"]\n')
         self.bridge, self.subnet = f"{prefix}c", SUBNETS[self.name]
         netns.conflist(os.path.join(self.dir, "net.d"), self.bridge, self.subnet)
-        cri = 'plugins."io.containerd.grpc.v1.cri"'
         with open(self.config, "w") as f:
-            f.write(f"""version = 2
-root = "{self.dir}/root"
-state = "{self.dir}/state"
-[grpc]
-  address = "{self.sock}"
-[ttrpc]
-  address = "{self.sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.dir}/opt"
-[{cri}]
-  sandbox_image = "{images.refs[PAUSE_NAME]}"
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-[{cri}.containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-[{cri}.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-[{cri}.containerd.runtimes.runc.options]
-  Root = "{self.runc_root}"
-[{cri}.cni]
-  bin_dir = "{CNI_BIN}"
-  conf_dir = "{self.dir}/net.d"
-[{cri}.registry]
-  config_path = "{self.dir}/certs.d"
-""")
+            f.write(containerd_cri_config(self.dir, self.sock, images.refs[PAUSE_NAME], os.path.join(self.dir, "net.d"),
+                                          os.path.join(self.dir, "certs.d"), self.runc_root, CNI_BIN))
         self.all_pods: set[str] = set()  # every pod made: containerd's shim of each (its socket) is one per pod
         self.write_crictl_config(self.dir, netns)
         self.cgroups_before = k8s_cgroups()

@@ -298,3 +298,49 @@ def run_critest(endpoint: str, env: CritestEnv, *, focus: str | None = None, ski
     if not specs:
         specs = [SpecResult("(critest)", "failed", f"no junit report; output tail:\n{output[-3000:]}")]
     return CritestResult(rc, specs, output, junit)
+
+
+def containerd_cri_config(d: str, sock: str, sandbox_image: str, conf_dir: str, hosts_dir: str,
+                          runc_root: str = "", bin_dir: str = "/usr/lib/cni") -> str:
+    """containerd 1.6's config (version 2) for its CRI plugin, as the critest reference run and the benchmark
+    (bench/cri.py) start it: root, state and plugin files under d, the socket at sock, CNI from bin_dir with the
+    conflists of conf_dir, registries from hosts_dir (hosts.toml per registry), oom_score_adj clamped (no
+    CAP_SYS_RESOURCE here), streaming on 127.0.0.1; runc's state under runc_root when given."""
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
+    runc_opts = f'\n[{cri}.containerd.runtimes.runc.options]\n  Root = "{runc_root}"\n' if runc_root else ""
+    return f"""version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[{cri}]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+{runc_opts}
+[{cri}.cni]
+  bin_dir = "{bin_dir}"
+  conf_dir = "{conf_dir}"
+
+[{cri}.registry]
+  config_path = "{hosts_dir}"
+"""

@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from tests.critest_env import CritestEnv, critest_env, run_critest
+from tests.critest_env import CritestEnv, containerd_cri_config, critest_env, run_critest
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("SHIMD_CRITEST_CONTAINERD") != "1",
@@ -33,43 +33,8 @@ def containerd_config(e: CritestEnv, d: str) -> str:
     """containerd 1.6's config (version 2): everything under d, the CRI plugin on the harness's mirrors (hosts
     dir), CNI from /usr/lib/cni with a bridge conflist of its own, oom_score_adj clamped (no CAP_SYS_RESOURCE)."""
     e.bridge_conflist(os.path.join(d, "net.d"), f"crictd{os.getpid() % 10000}", "10.211.0.0/24")
-    cri = 'plugins."io.containerd.grpc.v1.cri"'
-    text = f"""version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = "{d}/containerd.sock"
-
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[{cri}]
-  sandbox_image = "registry.k8s.io/pause:3.6"
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-[{cri}.containerd]
-  snapshotter = "overlayfs"
-  default_runtime_name = "runc"
-
-[{cri}.containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[{cri}.cni]
-  bin_dir = "/usr/lib/cni"
-  conf_dir = "{d}/net.d"
-
-[{cri}.registry]
-  config_path = "{e.hosts_dir}"
-"""
+    text = containerd_cri_config(d, f"{d}/containerd.sock", "registry.k8s.io/pause:3.6", f"{d}/net.d",
+                                 e.hosts_dir)
     path = os.path.join(d, "config.toml")
     with open(path, "w") as f:
         f.write(text)
