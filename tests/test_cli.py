@@ -305,8 +305,11 @@ def test_stats_no_stream_prints_one_table(env):
 
 def test_stats_refreshes_until_interrupted(env):
     id = run_sleeper(env, "sr")
+    # SIGINT as a terminal gives it: a suite started in the background by a shell inherits SIGINT ignored, and
+    # Python keeps an ignored SIGINT ignored
     p = subprocess.Popen([PY, "-m", "shimctl", "--address", env.sock, "stats", id], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=REPO)
+                         stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         headers = 0
         while headers < 3:
