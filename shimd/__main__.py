@@ -179,9 +179,9 @@ def spare(link: socket.socket) -> int:
             return 0
         req, ready_fd = got
         try:
+            take_cold_line(req, ready_fd)  # checks the id first
             cfg = _forked_config(req, ready_fd)
             _sys.private_mount_namespace(cfg.shared)
-            take_cold_line(req, ready_fd)
             os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         except Exception as e:
             _report(ready_fd, f"error spare shim: {type(e).__name__}: {e}")
