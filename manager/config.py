@@ -157,11 +157,15 @@ def load(path: str | None, flags: dict) -> Config:
     return cfg
 
 
+def default_cgroup_parent(root: str) -> str:
+    return "/shimd" if root == DEFAULT_ROOT else f"/shimd-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+
+
 def _cgroup_parent(v: str, root: str, file: str) -> str:
     """The cgroup every container of this manager goes under: the configured one, else /shimd for the default
     root and /shimd-<8 hex of the root's path> for any other, so two managers never share a container's cgroup."""
     if not v:
-        return "/shimd" if root == DEFAULT_ROOT else f"/shimd-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+        return default_cgroup_parent(root)
     if not CGROUP_PARENT_RE.fullmatch(v) or ".." in v.split("/"):
         raise ConfigError(f"config file {file}: cgroup_parent {v!r} must be an absolute path of letters, digits, "
                           f"'_', '.', '-' (e.g. /shimd-web)")
