@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 
+from systems import _stop
 from util import PY, say
 
 from tests import cri_images
@@ -138,9 +139,4 @@ class Images:
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            _stop(self.proc)
