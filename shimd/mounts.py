@@ -26,11 +26,9 @@ def mount_point(path: str, mountinfo: str = MOUNTINFO) -> str:
     """The mount point of the mount holding path (the longest mount point that is path or above it; the last
     mounted of equal ones, which hides the others)."""
     real, best = os.path.realpath(path), "/"
-    with open(mountinfo) as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")  # \040 and co. as octal escapes
-            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best = point
+    for point, _ in _sys.mount_points(mountinfo):
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best = point
     return best
 
 

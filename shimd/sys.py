@@ -61,7 +61,7 @@ def private_mount_namespace(shared: tuple[str, ...] | list[str] = ()) -> None:
 
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, bool]]:
-    """(mount point, shared?) of every mount of our namespace, parents first."""
+    """(mount point, shared?) of every mount of our namespace, parents first (octal escapes such as \\040 undone)."""
     out = []
     with open(mountinfo) as f:
         for line in f:

@@ -275,3 +275,9 @@ def zombies_of(pids: set[int]) -> list[str]:
 def remove_base(base: str) -> None:
     if base.startswith(BASE_PREFIX):
         shutil.rmtree(base, ignore_errors=True)
+
+
+def spares_of(env: Env) -> list[psutil.Process]:
+    """The idle spare shims of env's manager's template (at most one)."""
+    want = ["template", "--spare", "--parent", str(env.manager_pid())]
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want]

@@ -10,13 +10,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 
 from shimproto.client import Client
 from shimproto.errors import InvalidArgument, InvalidState, ShimdError
-from tests.harness import wait_for
+from tests.harness import spares_of, wait_for
 
 SLEEP = ["sleep", "1000"]
 NS = "for k in ipc pid uts; do readlink /proc/self/ns/$k; done"  # busybox readlink takes one file
@@ -223,7 +222,7 @@ def test_a_volume_that_is_a_shared_mount_of_its_own_propagates_with_a_private_ro
     the manager and its spare shim started, as critest and kubelet make it. rslave: the host's later mounts reach
     the container; rshared: the container's mounts reach the host too."""
     create(env)  # the template is warm and makes a spare shim, whose mount namespace must not predate the source
-    time.sleep(0.5)
+    wait_for(lambda: [p for p in spares_of(env) if p.ppid() != env.manager_pid()], 10, "a detached spare shim")
     src = str(tmp_path / "vol")
     os.mkdir(src)
     mounted: list[str] = []

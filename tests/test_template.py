@@ -15,7 +15,7 @@ import threading
 import psutil
 
 from shimproto.client import Client
-from tests.harness import wait_for
+from tests.harness import spares_of, wait_for
 
 
 def ping(env) -> dict:
@@ -202,12 +202,6 @@ def test_a_request_the_template_reads_after_the_manager_gave_up_forks_no_shim(en
     assert not [p for p in psutil.process_iter(["cmdline"]) if late in (p.info["cmdline"] or [])]
     assert ping(env)["template"] == t
     env.ok("rm", "-f", after)
-
-
-def spares_of(env) -> list[psutil.Process]:
-    """The template's idle spare shims (at most one)."""
-    want = ["template", "--spare", "--parent", str(env.manager_pid())]
-    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want]
 
 
 def test_the_template_keeps_a_detached_spare_that_becomes_the_next_shim(env):
