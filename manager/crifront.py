@@ -17,6 +17,7 @@ import sys
 import time
 
 from .config import Config
+from .registry import live_cmdline
 
 log = logging.getLogger("shimd.manager")
 
@@ -105,22 +106,12 @@ def signal_pid(pid: int, sig: int) -> None:
 def front_pid(state: str) -> int:
     """The pid of the live front of state (0: none), from its pid file (written once it serves) or, while it is
     still starting, from the command lines of the running processes."""
+    want = ["-m", "manager.cri", "--state", state]
     try:
         with open(os.path.join(state, "cri.pid")) as f:
             pid = int(f.read().strip() or 0)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"manager.cri" in f.read():
-                return pid
+        if (live_cmdline(pid) or [])[1:5] == want:
+            return pid
     except (OSError, ValueError):
         pass
-    want = ["-m", "manager.cri", "--state", state]
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    argv = f.read().decode(errors="replace").split("\0")
-            except OSError:
-                continue
-            if argv[1:5] == want:
-                return int(name)
-    return 0
+    return next((int(n) for n in os.listdir("/proc") if n.isdigit() and (live_cmdline(int(n)) or [])[1:5] == want), 0)
