@@ -19,7 +19,7 @@ import sys
 import time
 
 from shimproto.errors import Internal, Unavailable
-from shimproto.model import ExitStatus
+from shimproto.exitstatus import ExitStatus
 from shimproto.version import TEMPLATE_CANNOT_RENAME
 
 log = logging.getLogger("shimd.manager")

@@ -20,7 +20,8 @@ import zmq.asyncio
 
 from shimproto import journal
 from shimproto.errors import DeadlineExceeded, NotFound, ShimdError, Unavailable
-from shimproto.model import STOPPED, ExitStatus, rfc3339
+from shimproto.exitstatus import ExitStatus
+from shimproto.model import STOPPED, rfc3339
 from shimproto.plans import VolumeSpec
 from shimproto.plant import planted
 from shimproto.rpc import AsyncClient

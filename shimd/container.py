@@ -24,8 +24,9 @@ from runtime.opts import CreateOpts, UpdateOpts
 from runtime.runc import Runc
 from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import AlreadyExists, InvalidArgument, InvalidState, NotFound
+from shimproto.exitstatus import ExitStatus
 from shimproto.fsutil import read_json
-from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, ExitStatus, check_id
+from shimproto.model import CREATED, DELETED, RESTARTING, STOPPED, check_id
 from shimproto.spec import ShimCreate
 
 from . import ocispec

@@ -8,10 +8,9 @@ record's own timestamp) and ask for each record's time.
 
 from __future__ import annotations
 
-import calendar
 import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import rfc3339
 
@@ -39,8 +38,7 @@ def format_records(stream: str, data: bytes, now_ns: int) -> bytes:
     return b"".join(format_pieces(stream, data, now_ns)) if data else b""
 
 
-@dataclass(frozen=True)
-class ReadOpts:
+class ReadOpts(NamedTuple):  # a NamedTuple, not a dataclass: the CLI's log readers import this module
     since: int = 0  # unix ns; 0: unbounded
     until: int = 0
     timestamps: bool = False  # records are [stream, data, time_ns] instead of [stream, data]
@@ -56,6 +54,8 @@ PLAIN = ReadOpts()
 @functools.lru_cache(maxsize=64)
 def _seconds(prefix: bytes) -> int:
     """"YYYY-MM-DDTHH:MM:SS" -> unix seconds (cached: records come in runs of one second)."""
+    import calendar  # here: only readers that filter by time need it, and it imports datetime and locale
+
     return calendar.timegm((int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]),
                             int(prefix[14:16]), int(prefix[17:19]), 0, 0, 0))
 

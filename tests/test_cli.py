@@ -141,6 +141,40 @@ def test_ps_imports_only_its_own_verb_and_no_asyncio(env):
     assert result[2] == "False", "shimctl ps imported asyncio"
 
 
+def test_run_d_imports_neither_the_spec_model_nor_dataclasses(env):
+    probe = ("import sys\nfrom shimctl.__main__ import main\n"
+             f"rc = main(['--address', {env.sock!r}, 'run', '-d', '--name', 'imp2', 'busybox', 'sleep', '100'])\n"
+             "print('RESULT', rc, *(m in sys.modules for m in ('shimproto.spec', 'dataclasses', 'asyncio')))\n")
+    r = subprocess.run([PY, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.stdout.strip().splitlines()[-1].split() == ["RESULT", "0", "False", "False", "False"], r.stderr
+    assert env.inspect("imp2")["status"] == "running"
+
+
+def test_every_create_flag_lands_in_a_spec_field_the_manager_accepts():
+    from dataclasses import fields
+
+    from shimctl.__main__ import parser
+    from shimctl.commands import create
+    from shimproto.spec import ContainerSpec
+
+    argv = ["run", "-d", "--name", "x", "-e", "A=1", "-w", "/w", "--entrypoint", "sh", "-u", "1:2", "-l", "k=v",
+            "--stop-signal", "SIGINT", "--memory", "64m", "--memory-swap", "128m", "--pids-limit", "9", "--cpus",
+            "0.5", "--cpu-shares", "512", "--shm-size", "8m", "--ulimit", "nofile=10:20", "--cap-add", "NET_ADMIN",
+            "--cap-drop", "MKNOD", "--security-opt", "no-new-privileges", "--device", "/dev/null:/dev/xnull:rw",
+            "--sysctl", "kernel.msgmax=8192", "--init", "--stop-timeout", "3", "-i", "-t", "--hostname", "h",
+            "--network", "none", "-v", "/tmp:/t:ro", "--tmpfs", "/run", "--read-only", "--add-host", "a:1.2.3.4",
+            "--dns", "9.9.9.9", "--log-opt", "max-size=1m", "--log-opt", "max-file=3", "--restart", "on-failure:2",
+            "--health-cmd", "true", "busybox", "sleep", "1"]
+    wire = create.spec(parser(argv).parse_args(argv), "run", auto_remove=False)
+    assert set(wire) <= {f.name for f in fields(ContainerSpec)}, set(wire) - {f.name for f in fields(ContainerSpec)}
+    s = ContainerSpec.from_wire(wire)
+    assert (s.image, s.args, s.memory_limit, s.memory_swap, s.pids_limit, s.user, s.labels, s.log_max_files,
+            s.sysctls, s.devices, s.restart) == ("busybox", ["sleep", "1"], 64 << 20, 128 << 20, 9, "1:2",
+                                                 {"k": "v"}, 3, {"kernel.msgmax": "8192"},
+                                                 ["/dev/null:/dev/xnull:rw"], "on-failure:2")
+    assert s.healthcheck and s.healthcheck["Test"] == ["CMD-SHELL", "true"]
+
+
 def test_help_lists_every_verb(env):
     out = env.ok("--help").out
     for verb in ("run", "create", "start", "restart", "ps", "logs", "exec", "attach", "stats", "version", "info"):

@@ -13,7 +13,8 @@ from runtime.opts import CreateOpts, DeleteOpts, KillOpts
 from shimd.process import STATES, TRANSITIONS, next_state
 from shimproto.cri import format_records, parse_records
 from shimproto.errors import InvalidArgument, InvalidState
-from shimproto.model import ExitStatus, check_id, parse_signal, rfc3339
+from shimproto.exitstatus import ExitStatus
+from shimproto.model import check_id, parse_signal, rfc3339
 from tests.harness import REPO
 
 

@@ -21,8 +21,9 @@ from runtime.bundle import exec_process
 from runtime.opts import DeleteOpts, ExecOpts, KillOpts
 from shimproto.cri import PLAIN, ReadOpts
 from shimproto.errors import InvalidState
+from shimproto.exitstatus import ExitStatus
 from shimproto.fsutil import write_json
-from shimproto.model import CREATED, STOPPED, ExitStatus
+from shimproto.model import CREATED, STOPPED
 from shimproto.plant import planted
 
 from .. import sys as _sys
