@@ -14,7 +14,6 @@ import shutil
 import socket
 import stat
 
-from runtime.bundle import INIT_PATH
 from shimproto.errors import InvalidArgument, InvalidState, ShimdError
 from shimproto.model import PAUSED, RUNNING
 from shimproto.plans import (
@@ -130,7 +129,12 @@ def mount_plans(r: Registry, spec: ContainerSpec) -> list[MountPlan]:
     """The container's mounts after the /etc files: --init's reaper, -v, --tmpfs (devices checked too: all of it
     before any named volume is made)."""
     check_devices(spec)
-    out = [MountPlan("bind", INIT_PATH, init_binary(), readonly=True)] if spec.init else []
+    if spec.init:
+        from runtime.bundle import INIT_PATH  # here: a restarting manager's restore needs no runtime module
+
+        out = [MountPlan("bind", INIT_PATH, init_binary(), readonly=True)]
+    else:
+        out = []
     vols = [(text, VolumeSpec.parse(text)) for text in spec.volumes]
     for text, v in vols:  # every host path first: a bad one refuses the create before any volume is made
         if not v.named and not os.path.exists(v.source):

@@ -23,7 +23,7 @@ import zmq.asyncio
 from shimproto.rpc import MAX_PENDING, MAX_PENDING_ALL, Server
 
 from . import launcher
-from .commands import handlers
+from .commands import Handlers
 from .config import Config
 from .crifront import Front
 from .registry import Registry, live_cmdline
@@ -122,7 +122,8 @@ async def serve(cfg: Config) -> int:
     ctx.set(zmq.MAX_SOCKETS, 65536)  # one socket per shim; ZeroMQ's default of 1023 would cap the containers
     m = Registry(ctx, store, cfg.runtime, cfg.defaults)
     mode = 0o600
-    server = Server(ctx, cfg.socket, handlers(m), log, mode=mode, polls=(MAX_PENDING, MAX_PENDING_ALL // 2))
+    table = Handlers(m)
+    server = Server(ctx, cfg.socket, table, log, mode=mode, polls=(MAX_PENDING, MAX_PENDING_ALL // 2))
     if cfg.socket_group:
         os.chown(cfg.socket, 0, grp.getgrnam(cfg.socket_group).gr_gid)
         os.chmod(cfg.socket, 0o660)
@@ -146,6 +147,7 @@ async def serve(cfg: Config) -> int:
     front = Front(cfg)
     front.begin()
     m.background(collect_images(m))
+    m.background(table.load_all())
     _notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(m.entries)} containers "
             f"({counts['running']} running, {counts['lost']} with lost shims, {counts['rolled_back']} creates "
             f"rolled back, {counts['rolled_forward']} deletes finished)")

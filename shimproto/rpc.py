@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import zmq
 import zmq.asyncio
@@ -20,6 +21,14 @@ from .errors import DeadlineExceeded, Internal, InvalidArgument, ShimdError, Una
 from .wire import MAX_MESSAGE, BadRequest, Params, decode, decode_request, encode, encode_request
 
 Handler = Callable[[Params], Awaitable[object]]
+
+
+class HandlerTable(Protocol):
+    """What the server looks a method up in: a dict, or a table that loads handlers on first use."""
+
+    def get(self, method: str, /) -> Handler | None: ...
+
+
 # Long polls (a call that may wait up to a minute for something to happen) are what a client can pile up: each
 # holds a task and its state. Past these caps one is answered unavailable at once. Other calls are short, and
 # are never refused: a manager's own delete must get through however many waits its clients forwarded.
@@ -33,7 +42,7 @@ MAX_PENDING_ALL = 16384  # on all connections together (a shim's server: per con
 class Server:
     """A ROUTER socket bound at a unix path that runs one task per request."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, path: str, handlers: dict[str, Handler],
+    def __init__(self, ctx: zmq.asyncio.Context, path: str, handlers: HandlerTable,
                  log: logging.Logger | logging.LoggerAdapter, mode: int = 0o600,
                  translate: Callable[[Exception], ShimdError | None] | None = None,
                  polls: tuple[int, int] = (MAX_PENDING_ALL, MAX_PENDING_ALL)) -> None:

@@ -29,7 +29,12 @@ def events(env, **kw) -> list[dict]:
     return Client(env.sock).call("events", {"since": 0, "timeout": 0, **kw})["events"]
 
 
-def test_exit_while_the_manager_is_down_for_60s_is_reported_once_with_its_code(env):
+# the scenario is a minute's outage (containerd drops exits after about 15 s); CI runs 20 s, past that 15,
+# unless told (SHIMD_TEST_OUTAGE=60), as tests/test_restart.py does
+OUTAGE = float(os.environ.get("SHIMD_TEST_OUTAGE", "20"))
+
+
+def test_exit_while_the_manager_is_down_past_15s_is_reported_once_with_its_code(env):
     id = env.name("long")
     env.ok("run", "-d", "--name", id, "busybox", "sh", "-c", EXIT_ON_USR1)
     wait_for(lambda: "ready" in env.ctl("logs", id).out, 10, "the trap")
@@ -37,7 +42,7 @@ def test_exit_while_the_manager_is_down_for_60s_is_reported_once_with_its_code(e
     env.kill_manager()
     os.kill(pid, signal.SIGUSR1)
     wait_for(lambda: not psutil.pid_exists(pid), 10, "the exit")
-    time.sleep(60)  # the scenario itself: the manager stays down for a minute (containerd drops exits after ~15s)
+    time.sleep(OUTAGE)  # the scenario itself: the manager stays down (containerd drops exits after ~15s)
     env.start_manager()
     assert env.ok("wait", id).out.strip() == "7"
     out = env.ok("events", "--since", "0", "--no-follow", "--format", "json").out

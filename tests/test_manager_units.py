@@ -196,3 +196,34 @@ def test_step_keys_fit_the_shims_limit_and_stay_distinct():
     long = "a" * 64
     keys = {step(long, s) for s in ("create", "start", "restart")} | {step(step(long, "stop"), "term")}
     assert len(keys) == 4 and all(len(k) <= 64 for k in keys)
+
+
+def test_every_command_module_serves_what_the_lazy_table_names_and_only_that():
+    """manager.commands.Handlers imports a command's module at its first call, found through INDEX: every module
+    named there must serve exactly the methods INDEX sends to it, and every module of the package be named."""
+    import importlib
+
+    from manager import commands
+
+    served: dict[str, str] = {}
+    for module in dict.fromkeys(commands.INDEX.values()):
+        mod = importlib.import_module(f"manager.commands.{module}")
+        names = mod.HANDLERS if module in commands.GROUPS else {mod.NAME: mod.handle}
+        served |= dict.fromkeys(names, module)
+    assert served == commands.INDEX
+    helpers = {"__init__", "named", "params", "proxy"}
+    files = {f[:-3] for f in os.listdir(os.path.join(REPO, "manager", "commands")) if f.endswith(".py")}
+    assert files - helpers == set(commands.INDEX.values())
+    assert not set(commands.INDEX) & set(commands.proxy.ROUTES)
+
+
+def test_a_starting_manager_imports_no_command_module_before_a_call():
+    import subprocess
+    import sys
+
+    probe = ("import sys, manager.__main__\n"
+             "print(*sorted(m for m in sys.modules if m.startswith(('manager.commands.', 'manager.images', "
+             "'runtime'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.split() == ["manager.commands.named", "manager.commands.params", "manager.commands.proxy"], \
+        out.stderr

@@ -12,6 +12,7 @@ from shimproto.wire import Params
 from ..registry import Registry
 
 Handler = Callable[[Registry, Params], Awaitable[object]]
+VERBS = ("create", "list", "inspect", "remove")  # KIND_VERB: the commands of each kind
 
 
 def handlers(kind: str, store: Callable[[Registry], Any], view: Callable[[Registry, Any], dict],
@@ -29,4 +30,4 @@ def handlers(kind: str, store: Callable[[Registry], Any], view: Callable[[Regist
         name = p.str("name", required=True)
         store(m).remove(name, users(m, name))
 
-    return {f"{kind}_create": create, f"{kind}_list": list_, f"{kind}_inspect": inspect, f"{kind}_remove": remove}
+    return dict(zip((f"{kind}_{verb}" for verb in VERBS), (create, list_, inspect, remove), strict=True))
