@@ -15,17 +15,36 @@ from .exitcodes import Usage
 DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
 
 
+INT64_MAX = 2**63 - 1  # what msgpack's signed integers, the manager's limits and the kernel's files hold
+
+
+def bounded(value: int, text: str) -> int:
+    """value, or a usage error naming text when no request could carry it (the manager checks each field's own
+    range; this keeps a huge number from failing in the encoder instead)."""
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range (at most {INT64_MAX})")
+    return value
+
+
+def parse_int(text: str) -> int:
+    """An integer flag (argparse's int, bounded)."""
+    try:
+        return bounded(int(text), text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+
+
 def parse_size(text: str) -> int:
     units = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
     t = text.strip().lower().removesuffix("ib").removesuffix("b") if text else ""
     num, unit = (t[:-1], t[-1]) if t and t[-1] in "kmg" else (t, "")
     try:
         value = int(float(num) * units[unit])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 64m, 1g)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
-    return value
+    return bounded(value, text)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -159,12 +178,15 @@ def log_opts(opts: list[str]) -> dict:
     out: dict = {}
     for opt in opts:
         key, sep, value = opt.partition("=")
-        if key == "max-size" and sep:
-            out["log_max_size"] = parse_size(value)
-        elif key == "max-file" and sep and value.isdigit() and int(value) >= 2:
-            out["log_max_files"] = int(value)
-        else:
-            raise Usage(f"invalid --log-opt {opt!r} (max-size=SIZE, max-file=N with N >= 2)")
+        try:
+            if key == "max-size" and sep:
+                out["log_max_size"] = parse_size(value)
+            elif key == "max-file" and sep and value.isascii() and value.isdigit() and int(value) >= 2:
+                out["log_max_files"] = bounded(int(value), value)
+            else:
+                raise Usage(f"invalid --log-opt {opt!r} (max-size=SIZE, max-file=N with N >= 2)")
+        except argparse.ArgumentTypeError as e:
+            raise Usage(f"invalid --log-opt {opt!r}: {e}") from None
     return out
 
 

@@ -149,9 +149,9 @@ def shim_methods() -> set[str]:
 
 
 def manager_methods() -> set[str]:
-    from manager.commands import handlers
+    from manager.commands import methods
 
-    return set(handlers(None))  # type: ignore[arg-type]
+    return methods()
 
 
 # --- values ---------------------------------------------------------------------------------------------------------

@@ -77,8 +77,14 @@ def test_calls_in_flight_are_capped_per_connection_and_the_manager_keeps_serving
 def test_odd_numbers_and_paths_get_one_clear_line(env, tmp_path):
     comma = tmp_path / "a,b"
     comma.mkdir()
-    for args, want in ((["--memory", "99999999999999999999"], "memory limit"),
-                       (["--pids-limit", "99999999999999999999"], "pids limit"),
+    huge = "99999999999999999999"  # past what a request can carry (int64): refused by the CLI, naming the flag
+    for args, want in ((["--memory", huge], "--memory"), (["--memory", "1e400"], "--memory"),
+                       (["--pids-limit", huge], "--pids-limit"), (["--cpu-shares", huge], "--cpu-shares"),
+                       (["--stop-timeout", huge], "--stop-timeout"), (["--memory-swap", huge], "--memory-swap"),
+                       (["--health-cmd", "true", "--health-retries", huge], "--health-retries"),
+                       (["--health-cmd", "true", "--health-interval", "99999999999999h"], "--health-interval"),
+                       (["--log-opt", f"max-file={huge}"], "max-file"), (["--log-opt", "max-size=1e400"], "max-size"),
+                       (["--memory", "1k"], "memory limit"), (["--pids-limit", "0"], "pids limit"),  # the manager's
                        (["--rootfs", str(comma)], "overlay cannot take a path with")):
         r = env.ctl("run", "-d", *args, *([] if "--rootfs" in args else ["busybox"]), "true")
         assert r.rc == 125 and want in r.err and len(r.err.strip().splitlines()) == 1, (args, r.err)

@@ -30,6 +30,11 @@ INDEX = {**{name: name for name in MODULES}, **{f"{kind}_{verb}": kind for kind 
 Handler = Callable[[Params], Awaitable[object]]
 
 
+def methods() -> set[str]:
+    """Every method the manager serves (the table's names, none of the modules imported)."""
+    return set(INDEX) | set(proxy.ROUTES)
+
+
 class Handlers:
     """method -> handler, for the API server (`get`). A command's module is imported at its first call, or by
     `load_all` once the manager serves: a starting manager imports only what restore needs, and its clients, who

@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 
 from ..exitcodes import Usage
-from ..options import parse_duration
+from ..options import bounded, parse_duration
 
 HEALTH_FLAGS = ("health_cmd", "health_interval", "health_timeout", "health_start_period", "health_retries")
 
 
 def _duration(text: str) -> int:
     try:
-        return parse_duration(text)
+        return bounded(parse_duration(text), text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 30s, 1m30s, 500ms)") from None
 
@@ -21,7 +21,7 @@ def _duration(text: str) -> int:
 def _retries(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"invalid --health-retries {text!r}: must be a number >= 0")
-    return int(text)
+    return bounded(int(text), text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=options.parse_size, help="memory limit, e.g. 64m")
     p.add_argument("--memory-swap", type=options.parse_swap, help="memory plus swap, e.g. 128m (-1: unlimited "
                    "swap; default: no swap)")
-    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("--pids-limit", type=options.parse_int, help="maximum number of processes")
     p.add_argument("--cpus", type=options.parse_cpus, help="CPUs the container may use, e.g. 0.5")
-    p.add_argument("--cpu-shares", type=int, help="relative CPU weight (default 1024)")
+    p.add_argument("--cpu-shares", type=options.parse_int, help="relative CPU weight (default 1024)")
     p.add_argument("--shm-size", type=options.parse_size, help="size of /dev/shm (default 64m)")
     p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                    help="a resource limit, e.g. nofile=1024:2048 (default open files: 1048576)")
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", default=[], metavar="HOST[:CTR][:rwm]", help="a host device")
     p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE", help="a namespaced sysctl")
     p.add_argument("--init", action="store_true", help="run tini as PID 1, reaping orphans and passing signals")
-    p.add_argument("--stop-timeout", type=int, help="seconds stop waits before SIGKILL (default 10)")
+    p.add_argument("--stop-timeout", type=options.parse_int, help="seconds stop waits before SIGKILL (default 10)")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
     p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
     p.add_argument("--hostname", default="", help="the container's host name (default: its id)")
