@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 
+import psutil
 import pytest
 
 from tests.harness import wait_for
@@ -180,6 +181,35 @@ def _plugin_dir(tmp_path, body: str) -> str:
                                 'exec /usr/lib/cni/firewall\n')
     (d / "firewall").chmod(0o755)
     return f"{d}:/usr/lib/cni"
+
+
+def test_a_manager_killed_during_add_rolls_back_through_the_live_shim_with_nothing_left(nenv, tmp_path):
+    """The manager dies while the shim runs the plugins; the shim lives. The next manager rolls the create back
+    while bridge's ADD is still under way (it waits past the CLI's 5 s wait for a manager before it starts): the
+    shim cuts its create short (the plugin is killed) and releases the network, and nothing is left, then or once
+    every plugin process is gone."""
+    nenv.kill_manager(signal.SIGTERM)
+    pid_file = os.path.join(nenv.state, "shimd.pid")
+    d = tmp_path / "cni"
+    d.mkdir()
+    (d / "bridge").write_text(f'#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then kill -9 $(cat {pid_file}); sleep 8; fi\n'
+                              'exec /usr/lib/cni/bridge\n')
+    (d / "bridge").chmod(0o755)
+    nenv.start_manager(env={"SHIMD_DEFAULT_NETWORK": "bridge", "CNI_PATH": f"{d}:/usr/lib/cni"})
+    id = nenv.name("a")
+    r = nenv.ctl("run", "-d", "--name", id, "busybox", "sleep", "100")
+    assert r.rc != 0
+    assert nenv.proc.wait(10) == -signal.SIGKILL
+    nenv.proc = None
+    shim = int(open(os.path.join(nenv.state, "shims", id, "shim.pid")).read())
+    assert psutil.pid_exists(shim), "the shim died with the manager: the test proves nothing"
+    nenv.start_manager()
+    assert nenv.ok("ps", "-a", "-q").out == ""
+    assert not psutil.pid_exists(shim)
+    # a plugin cut short would go on by itself and make its things after the rollback: wait until none runs
+    wait_for(lambda: not any(str(d) in " ".join(p.info["cmdline"] or ())
+                             for p in psutil.process_iter(["cmdline"])), 20, "the plugins to finish")
+    assert (veths(nenv.netns), container_rules(nenv.netns), leases(nenv.base)) == ([], [], [])
 
 
 def test_a_plugin_failing_its_add_rolls_the_create_back_with_nothing_left(nenv, tmp_path):
