@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+from systems import helper_kind
 from util import REPO, median, rotate, say, timed, wait_for
 
 DAEMON_TIMEOUT = 300.0  # a restore that takes longer than this is a failure, not a figure
@@ -155,6 +156,7 @@ def memory(system, expect: int) -> dict:
         "daemon_fds": len(os.listdir(f"/proc/{system.daemon_pid()}/fd")),
         "helpers": len(hinfos), "helpers_rss": sum(i.rss for i in hinfos), "helpers_uss": sum(i.uss for i in hinfos),
         "helpers_pss": sum(i.pss for i in hinfos),
+        "helper_kinds": sorted({helper_kind(h) for h in helpers}),
     }
 
 

@@ -79,11 +79,11 @@ def memory_rows(mem: dict, count: int) -> list[Row]:
                  Row("PSS per container monitor (shim), median, merged", None, sm["pss"], cm["pss"], "MiB",
                      "reported"),
                  Row(f"USS of all {count} monitors together, merged", None, sm["uss_sum"], cm["uss_sum"], "MiB", ""),
-                 Row(f"PSS of all {count} monitors together, merged, shimd's warm template included", None,
+                 Row(f"PSS of all {count} monitors together, merged, shimd's other processes included", None,
                      sm["pss_sum"] + sm["helpers_pss"], cm["pss_sum"], "MiB", "reported")]
     else:
         rows += [Row(f"USS of all {count} monitors together", None, s["uss_sum"], c["uss_sum"], "MiB", ""),
-                 Row(f"PSS of all {count} monitors together, shimd's warm template included", None,
+                 Row(f"PSS of all {count} monitors together, shimd's other processes included", None,
                      s["pss_sum"] + s["helpers_pss"], c["pss_sum"], "MiB", "reported")]
     rows += [
         Row("threads per shim, median", None, s["threads"], c["threads"], "", ""),
@@ -91,7 +91,8 @@ def memory_rows(mem: dict, count: int) -> list[Row]:
         Row("daemon open file descriptors", None, s["daemon_fds"], c["daemon_fds"], "", ""),
     ]
     if s["helpers"]:
-        rows.append(Row(f"USS of the manager's other processes ({s['helpers']}: the warm template; RSS "
+        rows.append(Row(f"USS of the manager's other processes ({s['helpers']}: "
+                        f"{', '.join(s.get('helper_kinds') or ['the warm template'])}; RSS "
                         f"{s['helpers_rss'] / MiB:.1f} MiB)", None, s["helpers_uss"], None, "MiB", "reported"))
     rows.append(Row(f"daemon SIGKILL + start until all {count} are listed running", None, median(s["restore"]),
                     median(c["restore"]), "ms", "ratio <= 1.0"))

@@ -316,8 +316,9 @@ def render(a: argparse.Namespace, m: dict, out: dict, logs: str, began: str, too
         "socket again (a client connecting to the stale socket would retry on its own timer: ZeroMQ's is 100 ms), "
         "then as fast as answers come: shimd's `list` through the API from a client made then, containerd with "
         "`ctr task ls` (a Go binary of a few ms, part of its figure). The manager's other processes are its "
-        "children that are not shims (the warm template): their pages are shared with the shims forked from them, "
-        "which is why PSS is reported.",
+        "children that are not shims: the warm template, whose pages are shared with the shims forked from it "
+        "(which is why PSS is reported), and the CRI front (`python -m manager.cri`, on by default; containerd's "
+        "CRI plugin is inside its daemon, so its memory is in containerd's daemon RSS).",
         "",
         *_merge_note(out["mem"]["shimd"].get("ksm")),
     ]

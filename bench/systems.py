@@ -266,6 +266,16 @@ class Shimd:
         self.log.close()
 
 
+def helper_kind(p: psutil.Process) -> str:
+    """What a helper of the manager is, from its command line: the warm template, the CRI front, or its name."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return "gone"
+    return "the warm template" if "shimd template" in cmd else "the CRI front" if "manager.cri" in cmd \
+        else _name(p) or "?"
+
+
 def _name(p: psutil.Process) -> str:
     try:
         return p.name()
