@@ -76,7 +76,7 @@ def _frame_at(data: bytes, off: int) -> tuple[object, int] | None:
         return None
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False), end
-    except (ValueError, msgpack.UnpackException):
+    except (ValueError, TypeError, msgpack.UnpackException):  # TypeError: a map key that cannot be one (a list)
         return None
 
 
@@ -88,7 +88,7 @@ def _bare_at(data: bytes, off: int) -> tuple[object, int] | None:
     unpacker.feed(data[off:])
     try:
         obj = unpacker.unpack()
-    except (ValueError, msgpack.UnpackException, msgpack.OutOfData):
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.OutOfData):  # TypeError: a list as a map key
         return None
     return obj, off + unpacker.tell()
 
