@@ -384,3 +384,14 @@ def test_version_prints_the_client_without_a_manager(bare_env):
     assert r.rc == 125 and r.out.startswith("Client:") and len(r.err.strip().splitlines()) == 1
     assert "is shimd-manager running?" in r.err
     assert json.loads(bare_env.ctl("version", "--format", "json").out or "null") is None
+
+
+def test_a_number_no_request_can_carry_is_a_usage_error_naming_its_flag():
+    """Checked before any manager is asked (none runs here): a traceback from the encoder otherwise."""
+    huge = "99999999999999999999"
+    for args, flag in ((["update", "--pids-limit", huge, "x"], "--pids-limit"),
+                       (["events", "--since", huge], "--since"),
+                       (["run", "-d", "--shm-size", "1e400", "busybox"], "--shm-size")):
+        r = subprocess.run([PY, "-m", "shimctl", "--address", "/nonexistent/shimd.sock", *args], capture_output=True,
+                           text=True, cwd=REPO, timeout=30, stdin=subprocess.DEVNULL)
+        assert r.returncode in (2, 125) and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r)

@@ -8,7 +8,7 @@ import json
 
 from shimproto.model import rfc3339
 
-from .. import exitcodes
+from .. import exitcodes, options
 from ..cli import POLL, Cli
 
 HELP = "stream container events (create, start, exit, ...)"
@@ -16,7 +16,8 @@ ERRORS = exitcodes.OTHER
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", type=int, default=None, help="replay from this global sequence number (0: all)")
+    p.add_argument("--since", type=options.parse_int, default=None,
+                   help="replay from this global sequence number (0: all)")
     p.add_argument("--filter-id", dest="filter_id", default="", metavar="ID", help="only this container")
     p.add_argument("--no-follow", action="store_true", help="print what is recorded and return")
     p.add_argument("--format", choices=["text", "json"], default="text")

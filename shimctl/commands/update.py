@@ -16,7 +16,7 @@ ERRORS = exitcodes.OTHER
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=options.parse_size, help="memory limit, e.g. 64m")
-    p.add_argument("--pids-limit", type=int, help="maximum number of processes")
+    p.add_argument("--pids-limit", type=options.parse_int, help="maximum number of processes")
     p.add_argument("--restart", metavar="POLICY", help="no, on-failure[:MAX], always or unless-stopped")
     p.add_argument("id", metavar="ID")
 
