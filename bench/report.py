@@ -92,7 +92,7 @@ def memory_rows(mem: dict, count: int) -> list[Row]:
     ]
     if s["helpers"]:
         rows.append(Row(f"USS of the manager's other processes ({s['helpers']}: "
-                        f"{', '.join(s.get('helper_kinds') or ['the warm template'])}; RSS "
+                        f"{', '.join(s['helper_kinds'])}; RSS "
                         f"{s['helpers_rss'] / MiB:.1f} MiB)", None, s["helpers_uss"], None, "MiB", "reported"))
     rows.append(Row(f"daemon SIGKILL + start until all {count} are listed running", None, median(s["restore"]),
                     median(c["restore"]), "ms", "ratio <= 1.0"))

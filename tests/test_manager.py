@@ -20,18 +20,13 @@ import pytest
 from manager.faults import POINTS
 from shimproto.client import Client
 from shimproto.errors import DeadlineExceeded
-from tests.harness import PY, REPO, our_processes, wait_for
+from tests.harness import OUTAGE, PY, REPO, our_processes, wait_for
 
 EXIT_ON_USR1 = "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done"
 
 
 def events(env, **kw) -> list[dict]:
     return Client(env.sock).call("events", {"since": 0, "timeout": 0, **kw})["events"]
-
-
-# the scenario is a minute's outage (containerd drops exits after about 15 s); CI runs 20 s, past that 15,
-# unless told (SHIMD_TEST_OUTAGE=60), as tests/test_restart.py does
-OUTAGE = float(os.environ.get("SHIMD_TEST_OUTAGE", "20"))
 
 
 def test_exit_while_the_manager_is_down_past_15s_is_reported_once_with_its_code(env):
