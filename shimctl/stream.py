@@ -69,7 +69,8 @@ def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int =
 
     Without timestamps or a time window, we read on in the log file ourselves after each page when the reply
     names it and we can open it: the shim and the manager then only say where to go on and when it is over (a page
-    through them costs three processes' time; the file costs ours only)."""
+    through them costs three processes' time; the file costs ours only), so we ask for small pages for as long as
+    the file can be read here."""
     printer = printer or Printer()
     extra = {"timestamps": True} if printer.timestamps else {}
     poll = DETACH_POLL if stop is not None else POLL
@@ -78,8 +79,9 @@ def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int =
     end = None if follow else pin(cli, id, exec_id)  # what there is now: a log growing faster than we read ends
     try:
         while stop is None or not stop.is_set():
+            size = {"max_bytes": SMALL_PAGE} if local is not None and local.usable else {}
             res = cli.call("logs", {"id": id, "exec_id": exec_id, "cursor": cursor, "follow": follow,
-                                    "timeout": poll, **extra, **params}, timeout=poll + 15)
+                                    "timeout": poll, **size, **extra, **params}, timeout=poll + 15)
             params = {k: v for k, v in params.items() if k != "tail"}
             printer.write(res["records"])  # type: ignore[index]
             cursor = res["cursor"]  # type: ignore[index]
@@ -96,6 +98,8 @@ def print_logs(cli: Cli, id: str, follow: bool, exec_id: str = "", cursor: int =
 
 
 CHUNK = 1 << 20  # bytes read from the log file at a time (parsed ~15 % faster than 4 MiB: caches)
+SMALL_PAGE = 4096  # bytes of log a page may cover while we read the file ourselves (the manager's minimum)
+MISSES = 3  # files opened in a row that were not the one named, before we keep to (full) pages
 
 
 class LocalLog:
@@ -106,13 +110,16 @@ class LocalLog:
     def __init__(self) -> None:
         self.f: BinaryIO | None = None
         self.ident: tuple[int, int] | None = None
+        self.usable = True  # until a file named cannot be opened here (another host, no permission) or is not named
+        self.misses = 0  # files opened in a row that were not the one named
 
     def read_on(self, where: list, cursor: int, printer: Printer, follow: bool, stop: threading.Event | None) -> int:
         """Print the records from cursor on in the file `where` names, to its end now or, following, for as long
         as it grows; the cursor after them (rotation, new output and the end are then the shim's to tell)."""
         if not (isinstance(where, list) and len(where) == 4 and isinstance(where[0], str)
                 and all(isinstance(x, int) for x in where[1:])):
-            return cursor  # a shim of another version says it otherwise: the pages will do
+            self.usable = False  # a shim of another version says it otherwise: the pages will do
+            return cursor
         path, dev, ino, off = where
         if self.ident != (dev, ino):
             self.close()
@@ -120,11 +127,14 @@ class LocalLog:
                 f = open(path, "rb", buffering=0)
                 st = os.fstat(f.fileno())
             except OSError:  # not readable here (another host, no permission): the pages will do
+                self.usable = False
                 return cursor
-            if (st.st_dev, st.st_ino) != (dev, ino):
-                f.close()
+            if (st.st_dev, st.st_ino) != (dev, ino):  # renamed by a rotation meanwhile, or another file by that
+                f.close()  # path here (another mount namespace): after a few such, pages only
+                self.misses += 1
+                self.usable = self.misses < MISSES
                 return cursor
-            self.f, self.ident = f, (dev, ino)  # type: ignore[assignment]
+            self.f, self.ident, self.misses = f, (dev, ino), 0  # type: ignore[assignment]
         assert self.f is not None
         size, now = CHUNK, os.fstat(self.f.fileno()).st_size
         while (stop is None or not stop.is_set()) and (follow or off < now):

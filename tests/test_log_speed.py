@@ -177,6 +177,7 @@ class FakeCli:
 
     def __init__(self, w: LogWriter, where=lambda loc: loc) -> None:
         self.w, self.where, self.calls = w, where, 0
+        self.sizes: list[int] = []  # max_bytes of each page asked for (the manager's default: 1 MiB)
 
     def call(self, method: str, params: dict, timeout: float | None = None) -> dict:
         assert method == "logs"
@@ -186,7 +187,8 @@ class FakeCli:
             return {"records": [], "cursor": self.w.end, "eof": False}
         if params.get("tail", -1) >= 0:
             cur = self.w.tail_cursor(params["tail"])
-        records, new, _ = self.w.read(cur, 1 << 16)
+        self.sizes.append(params.get("max_bytes", 1 << 20))
+        records, new, _ = self.w.read(cur, min(self.sizes[-1], 1 << 16))
         eof = self.w.at_end(new)
         return {"records": records, "cursor": new, "eof": eof, **({} if eof else {"file": self.where(
             self.w.locate(new))})}
@@ -222,8 +224,12 @@ def test_the_cli_reads_on_in_the_file_itself_across_rotation_or_keeps_to_pages_w
     spoiled = FakeCli(w, lambda loc: loc[:2] + [loc[2] + 1] + loc[3:])  # never the file it names
     assert printed(spoiled) == (out, err)
     assert local.calls < spoiled.calls / 4  # the file was read here; pages only found the way
+    assert set(local.sizes) == {stream.SMALL_PAGE}  # and were small
+    # a file by that path that is never the one named: small pages until MISSES of them, then full ones
+    assert spoiled.sizes[stream.MISSES + 1:] and set(spoiled.sizes[stream.MISSES + 1:]) == {1 << 20}
     gone = FakeCli(w, lambda loc: [str(tmp_path / "nowhere")] + loc[1:])
     assert printed(gone) == (out, err)
+    assert gone.sizes[0] == stream.SMALL_PAGE and set(gone.sizes[2:]) == {1 << 20}  # unreadable here: full pages
     for n in (0, 1, 5, 5000):
         assert printed(FakeCli(w), tail=n) == printed(spoiled, tail=n)
     w.close()

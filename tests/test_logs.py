@@ -335,6 +335,30 @@ def numbers(records: list) -> list[int]:
     return [int(line.split(b" ", 1)[0]) for line in text.split(b"\n") if line]
 
 
+def test_a_page_covers_at_most_max_bytes_of_the_log_within_its_bounds(env):
+    """max_bytes (what the CLI asks while it reads the file itself) bounds each reply to 4 KiB .. 1 MiB of the
+    log; paging with it still gives every line once, in order."""
+    id = env.name("pagesize")
+    env.ok("run", "-d", "--name", id, "busybox", "seq", "1", "30000")  # 168,894 bytes of output
+    assert env.ok("wait", id).out.strip() == "0"
+    c = Client(env.sock)
+    try:
+        for asked, most in ((4096, 4096), (0, 4096), (-5, 4096), (10**15, 1 << 20)):
+            cursor, records, steps = 0, [], []
+            while True:
+                res = c.call("logs", {"id": id, "cursor": cursor, "max_bytes": asked}, timeout=30)
+                records += res["records"]  # a line may be split into records (P, then F) on two pages
+                steps.append(res["cursor"] - cursor)  # one file: the cursor moves by the log bytes covered
+                cursor = res["cursor"]
+                if res["eof"]:
+                    break
+            assert numbers(records) == list(range(1, 30001)), asked
+            assert max(steps) <= most and max(steps) > most // 2, (asked, max(steps))
+    finally:
+        c.close()
+    env.ok("rm", id)
+
+
 def test_a_reader_cursor_stays_valid_across_reopen_of_a_rotating_log(env):
     """A reader's cursor taken before a reopen_log must never lead it back to older lines: the rotated files
     are renumbered only by rotation, and a reopen must not shift which file a generation lives in."""
