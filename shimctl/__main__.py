@@ -15,10 +15,39 @@ from . import commands, exitcodes
 from .cli import DEFAULT_ADDRESS, Cli
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it (COLUMNS, else stdout's terminal, else 80)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's formatter given its width, so that it does not import shutil for it (with bz2, lzma and zlib:
+    a few ms of every command, for help that is seldom printed; argparse makes a formatter per argument added)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class RawFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
+    """A verb's help: its module's docstring as written."""
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line, as every other error; exit 125 for the verbs that make a container, else 2."""
 
     usage_code = exitcodes.USAGE
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - argparse's own
+        kwargs.setdefault("formatter_class", Formatter)  # the verbs' own sub-verbs too (image ls, volume rm, ...)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
@@ -46,7 +75,7 @@ def parser(argv: list[str]) -> argparse.ArgumentParser:
     for name in (verb,) if verb in commands.VERBS else commands.VERBS:
         mod = commands.load(name)
         p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=RawFormatter)
         p.usage_code = exitcodes.usage_code(mod.ERRORS)  # type: ignore[attr-defined]
         p.set_defaults(module=mod)
         mod.add_arguments(p)

@@ -144,10 +144,24 @@ def test_ps_imports_only_its_own_verb_and_no_asyncio(env):
 def test_run_d_imports_neither_the_spec_model_nor_dataclasses(env):
     probe = ("import sys\nfrom shimctl.__main__ import main\n"
              f"rc = main(['--address', {env.sock!r}, 'run', '-d', '--name', 'imp2', 'busybox', 'sleep', '100'])\n"
-             "print('RESULT', rc, *(m in sys.modules for m in ('shimproto.spec', 'dataclasses', 'asyncio')))\n")
+             "print('RESULT', rc, *(m in sys.modules for m in ('shimproto.spec', 'dataclasses', 'asyncio', "
+             "'shutil')))\n")
     r = subprocess.run([PY, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=30)
-    assert r.stdout.strip().splitlines()[-1].split() == ["RESULT", "0", "False", "False", "False"], r.stderr
+    assert r.stdout.strip().splitlines()[-1].split() == ["RESULT", "0", "False", "False", "False", "False"], r.stderr
     assert env.inspect("imp2")["status"] == "running"
+
+
+def test_help_is_wrapped_to_the_terminal_width_without_shutil():
+    """argparse's formatter gets its width from us (COLUMNS, else the terminal, else 80), not from shutil."""
+    def usage(columns: str) -> list[str]:
+        env = {**os.environ, "COLUMNS": columns}
+        out = subprocess.run([PY, "-m", "shimctl", "run", "--help"], capture_output=True, text=True, cwd=REPO,
+                             env=env, timeout=30, check=True).stdout
+        return out.split("\n\n")[0].splitlines()
+
+    narrow, wide = usage("50"), usage("200")
+    assert len(narrow) > 2 * len(wide) > 2 and max(map(len, wide)) > 100
+    assert sum(len(line) <= 48 for line in narrow) >= len(narrow) - 2  # but a token longer than what is left
 
 
 def test_every_create_flag_lands_in_a_spec_field_the_manager_accepts():
