@@ -1,8 +1,9 @@
 """The Kubernetes CRI conformance suite (critest, cri-tools v1.26.1) against shimd's CRI server, offline: a manager
 of its own (as every test gets one, tests/harness.py) run inside the namespaces of tests/critest_env.py, its [cri]
-section pointing at the harness's registries.conf and at a bridge conflist in the test's base dir. Every spec must
-pass (ALWAYS_SKIP aside: it pins an upstream digest). A second test runs the suite while the manager is SIGKILLed
-and restarted every 3-6 s, reports how many specs passed, and fails on any spec that failed."""
+section pointing at the harness's registries.conf and at a bridge conflist in the test's base dir. The suite runs
+once, while the manager is SIGKILLed and restarted every 3-6 s: every spec must pass (ALWAYS_SKIP aside: it pins an
+upstream digest), which also shows that it passes with no kill (a separate quiet run proved nothing more and cost
+78 s of every CI run). The report names how many specs passed and how many kills they went through."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CRICTL = "/usr/local/bin/crictl"
 CRITEST_TIMEOUT = 1200
 KILL_EVERY = (3.0, 6.0)  # seconds between two SIGKILLs of the manager, drawn at random
 MAX_KILLS = 200
+SPECS = 79  # specs critest v1.26.1 runs here besides ALWAYS_SKIP and its benchmarks (FIELD-NOTES: 85 with those)
 
 
 pytestmark = [pytest.mark.timeout(CRITEST_TIMEOUT + 300)]
@@ -72,14 +74,6 @@ def report(title: str, result) -> None:
     print(f"\n{title}: {result.summary()}\n{result.failure_table()}")
 
 
-def test_critest_passes_every_spec_against_shimd(cri_manager, crit: CritestEnv):
-    env, _, endpoint = cri_manager
-    result = run_critest(endpoint, crit, timeout=CRITEST_TIMEOUT)
-    report("shimd", result)
-    assert not result.failed, f"{result.summary()}\n{result.failure_table()}"
-    assert result.passed, result.summary()
-
-
 class Killer(threading.Thread):
     """SIGKILLs the manager every KILL_EVERY seconds (at random) and restarts it the way tests restart managers,
     until stopped or MAX_KILLS; an error of its own (a manager that would not come back) is kept for the test."""
@@ -102,7 +96,7 @@ class Killer(threading.Thread):
             self.error = e
 
 
-def test_critest_with_manager_kills(cri_manager, crit: CritestEnv, record_property):
+def test_critest_passes_every_spec_while_the_manager_is_killed(cri_manager, crit: CritestEnv, record_property):
     env, config, endpoint = cri_manager
     killer = Killer(env, config, crit, endpoint)
     killer.start()
@@ -123,4 +117,4 @@ def test_critest_with_manager_kills(cri_manager, crit: CritestEnv, record_proper
     assert killer.kills > 0, "the manager was never killed while critest ran"
     # kubelet-style clients retry: a spec may slow down, never fail
     assert not result.failed, f"with {killer.kills} SIGKILLs: {result.summary()}\n{result.failure_table()}"
-    assert result.passed, result.summary()
+    assert len(result.passed) >= SPECS, result.summary()  # none left out unseen (a skip, a focus gone wrong)
