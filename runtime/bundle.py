@@ -243,12 +243,13 @@ class Spec:
 def write_bundle(bundle_dir: str, spec: Spec) -> str:
     """Write <bundle>/config.json atomically (temp file, rename) and return its path, owner-only (it holds every
     -e value). Not fsynced: the bundle lives in the state dir (a tmpfs in production) and is written again by
-    every create."""
+    every create. Compact, by json's C encoder: with indent json.dump takes the pure-Python one (1.0 ms against
+    0.18 for a container's spec with its seccomp filter)."""
     os.makedirs(bundle_dir, mode=0o700, exist_ok=True)
     path = os.path.join(bundle_dir, "config.json")
     tmp = path + ".tmp"
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
-        json.dump(spec.to_oci(), f, indent=1)
+        f.write(json.dumps(spec.to_oci(), separators=(",", ":")))
     os.rename(tmp, path)
     return path
 
