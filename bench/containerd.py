@@ -40,7 +40,8 @@ class Containerd:
         return ["ctr", "-a", self.sock, "-n", self.ns, *args]
 
     def _run_args(self) -> list[str]:
-        return ["--runc-root", self.runc_root, "--fifo-dir", self.fifo_dir, "--env", "PATH=/bin",
+        # --seccomp: containerd's default profile (docker's), as shimd and the runc bundle apply one
+        return ["--runc-root", self.runc_root, "--fifo-dir", self.fifo_dir, "--env", "PATH=/bin", "--seccomp",
                 "--rootfs", self.rootfs]
 
     def start_daemon(self) -> None:
