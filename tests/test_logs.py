@@ -7,7 +7,9 @@ The logs are checked by parsing the CRI files in the test itself (streamed, neve
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -93,6 +95,52 @@ def check_sequence(lines: Iterable[bytes], first: int, last: int | None, what: s
     if last is not None:
         assert want == last + 1, f"{what}: ends at {want - 1}, expected {last} ({last + 1 - want} lines missing)"
     return want - first, nbytes
+
+
+# One CRI record of stdout (the newline before it included), its text captured: what the shim writes, checked whole.
+_F_HEAD = re.compile(rb"\n\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout F ")
+_P_RECORD = re.compile(rb"(?<=\n)\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z stdout P ([^\n]*)\n")
+
+
+def stdout_text(paths: Iterable[str], chunk: int = 64 * MB) -> Iterator[bytes]:
+    """The stdout text of CRI files, in pieces, by two regex passes over whole chunks of records instead of a loop
+    over lines (13 million lines took 41 s that way): F headers out, then P records joined to what follows them.
+    Every record must be one of those two shapes (a stderr or malformed one fails the count)."""
+    for path in paths:
+        with open(path, "rb") as f:
+            rest = b""
+            while True:
+                data = f.read(chunk)
+                if not data and not rest:
+                    break
+                buf = rest + data
+                end = buf.rfind(b"\n") + 1 if data else len(buf)
+                assert end or data, f"{path}: a torn record at the end: {buf[:80]!r}"
+                body, rest = b"\n" + buf[:end], buf[end:]
+                text, nf = _F_HEAD.subn(b"\n", body)
+                text, np_ = _P_RECORD.subn(rb"\1", text)
+                records = body.count(b"\n") - 1
+                assert nf + np_ == records, f"{path}: {records - nf - np_} of {records} records are not stdout F/P"
+                yield text[1:]
+
+
+def check_sequence_fast(pieces: Iterable[bytes], first: int, last: int, what: str) -> tuple[int, int]:
+    """check_sequence of the text in pieces against `seq first last` by digest; (lines, bytes) as it gives."""
+    got, want, nbytes = hashlib.sha256(), hashlib.sha256(), 0
+    for piece in pieces:
+        got.update(piece)
+        nbytes += len(piece)
+    for lo in range(first, last + 1, 1_000_000):
+        want.update(b"".join(b"%d\n" % i for i in range(lo, min(lo + 1_000_000, last + 1))))
+    assert got.digest() == want.digest(), f"{what}: not `seq {first} {last}` ({nbytes} bytes): check_sequence " \
+                                          f"names the first line that differs"
+    return last - first + 1, nbytes
+
+
+def file_pieces(path: str, chunk: int = 64 * MB) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            yield data
 
 
 def seq_bytes(n: int) -> int:
@@ -192,18 +240,17 @@ def test_100mb_of_numbered_lines_survive_manager_sigkills_every_line_once_in_ord
     assert files == [log_path(env, id)], f"no rotation was asked for, yet: {files}"
     size = os.path.getsize(log_path(env, id))
     t0 = time.monotonic()
-    count, nbytes = check_sequence(lines_of(files), 1, BIG_N, "container.log")
+    count, nbytes = check_sequence_fast(stdout_text(files), 1, BIG_N, "container.log")  # stdout only: no stderr
     print(f"  parsed {size / MB:.0f} MiB of CRI log in {time.monotonic() - t0:.1f}s: {count} lines, once each, "
           f"in order")
     assert nbytes == data
-    assert list(lines_of(files, b"stderr")) == []
 
     # the same through the API: every line once, in order
     out = str(tmp_path / "logs.out")
     secs, err = logs_to_file(env, id, out, timeout=400)
     print(f"  shimctl logs: {data / 1e6:.0f} MB in {secs:.1f}s ({data / MB / secs:.1f} MiB/s)")
     assert err == ""
-    assert check_sequence(plain_lines(out), 1, BIG_N, "shimctl logs") == (BIG_N, data)
+    assert check_sequence_fast(file_pieces(out), 1, BIG_N, "shimctl logs") == (BIG_N, data)
     os.unlink(out)
     env.ok("rm", id)
 
@@ -422,7 +469,7 @@ def test_the_shim_drains_50mb_with_the_manager_down_and_nobody_reading(env):
     env.start_manager()
     assert env.ok("wait", id).out.strip() == "0"
     print(f"  container life {run_time(env, id):.2f}s: {seq_bytes(DRAIN_N) / MB / run_time(env, id):.1f} MiB/s")
-    assert check_sequence(lines_of([log_path(env, id)]), 1, DRAIN_N, "container.log") == \
+    assert check_sequence_fast(stdout_text([log_path(env, id)]), 1, DRAIN_N, "container.log") == \
         (DRAIN_N, seq_bytes(DRAIN_N))
     env.ok("rm", id)
 
