@@ -193,7 +193,3 @@ def install_project(root: str) -> None:
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(f"{VENV}/bin/{name}", link)
-
-
-if __name__ == "__main__":  # scripts/test builds the image ahead (beside crictl's build): python -m tests.systemd_image
-    print(image_tarball(print))
