@@ -138,6 +138,31 @@ class Env(Cli):
                            timeout=timeout, cwd=REPO, input=input, stdin=None if input else subprocess.DEVNULL)
         return Result(p.returncode, p.stdout, p.stderr)
 
+    def ctl_killing_the_manager(self, *args: str, timeout: float = 60) -> int:
+        """A CLI command that is to make the manager die (a fault point): the manager's exit status once it has
+        died, the CLI stopped then, rather than left to wait out the client's RESTART_GRACE (5 s) for a manager
+        that nobody will start meanwhile. Fails at once if the command ends while the manager lives."""
+        assert self.proc is not None
+        cli = subprocess.Popen([PY, "-m", "shimctl", "--address", self.sock, *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+        try:
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None:
+                if cli.poll() is not None and self.proc.poll() is None:
+                    time.sleep(0.5)  # the manager may be dying as the CLI hears of it
+                    if self.proc.poll() is None:
+                        raise AssertionError(f"shimctl {' '.join(args)} ended ({cli.returncode}) and the manager "
+                                             f"lives: the fault point was not reached ({cli.stderr.read()!r})")
+                assert time.monotonic() < deadline, f"the manager did not die within {timeout:g}s"
+                time.sleep(0.02)
+        finally:
+            cli.kill()
+            cli.wait(10)
+            cli.stderr.close()  # type: ignore[union-attr]
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
     # --- what exists ---------------------------------------------------------------------------------------
 
     def shims(self) -> list[psutil.Process]:
