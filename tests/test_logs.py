@@ -111,11 +111,11 @@ def stdout_text(paths: Iterable[str], chunk: int = 64 * MB) -> Iterator[bytes]:
             rest = b""
             while True:
                 data = f.read(chunk)
-                if not data and not rest:
+                if not data:
+                    assert not rest, f"{path}: a torn record at the end: {rest[:80]!r}"
                     break
                 buf = rest + data
-                end = buf.rfind(b"\n") + 1 if data else len(buf)
-                assert end or data, f"{path}: a torn record at the end: {buf[:80]!r}"
+                end = buf.rfind(b"\n") + 1
                 body, rest = b"\n" + buf[:end], buf[end:]
                 text, nf = _F_HEAD.subn(b"\n", body)
                 text, np_ = _P_RECORD.subn(rb"\1", text)
