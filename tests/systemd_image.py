@@ -130,6 +130,7 @@ def base_tarball(log: Callable[[str], None]) -> str:
     if os.path.exists(path):
         return path
     mirror = apt_mirror()
+    os.makedirs(CACHE, exist_ok=True)  # a new machine: no test has made it yet
     build = tempfile.mkdtemp(prefix="build-base-", dir=CACHE)
     os.chmod(build, 0o755)  # the rootfs's "/"
     try:
