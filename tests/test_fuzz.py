@@ -113,7 +113,7 @@ MANAGER_SCHEMA: dict[str, dict] = {name: {**params, **KEYED} for name, params in
     "kill": {"id": "str", "signal": "signal", "all": "bool", "exec_id": "str"},
     "wait": {"id": "str", "exec_id": "str", "timeout": "float", "run": "int"},
     "logs": {"id": "str", "exec_id": "str", "cursor": "int", "follow": "bool", "timeout": "float", "tail": "int",
-             "since": "int", "until": "int", "timestamps": "bool"},
+             "since": "int", "until": "int", "timestamps": "bool", "max_bytes": "int"},
     "delete": {"id": "str", "force": "bool", "exec_id": "str"},
     "exec": {"id": "str", "args": "strlist", "exec_id": "str", "env": "strlist", "cwd": "str", "tty": "bool",
              "stdin": "bool", "detach": "bool", "user": "str"},
