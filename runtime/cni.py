@@ -155,7 +155,7 @@ class Cni:
             stdin.flush()
             stdin.seek(0)
             code = await self.monitor.run([binary], stdin=stdin.fileno(), stdout=out.fileno(),
-                                          stderr=out.fileno(), env=args.env(self.env))
+                                          stderr=out.fileno(), env=args.env(self.env), group=True)  # with its iptables
             out.seek(0)
             text = out.read().decode(errors="replace")
         if code != 0:

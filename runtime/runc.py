@@ -15,8 +15,9 @@ class Monitor(Protocol):
     """Starts a process and waits for it; the caller's reaper stays the only waiter."""
 
     async def run(self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
-                  stderr: int | None = None, env: dict[str, str] | None = None) -> int:
-        """Run argv to completion with the given fds as its stdio (None: /dev/null); return its exit code."""
+                  stderr: int | None = None, env: dict[str, str] | None = None, group: bool = False) -> int:
+        """Run argv to completion with the given fds as its stdio (None: /dev/null); return its exit code. group:
+        in a process group of its own, all of which is killed if the wait is cancelled."""
         ...
 
 

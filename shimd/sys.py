@@ -148,8 +148,9 @@ def reap_all() -> list[tuple[int, int]]:
 
 
 def spawn(argv: list[str], stdin: int | None, stdout: int | None, stderr: int | None,
-          env: dict[str, str] | None) -> int:
-    """posix_spawn argv with the given fds as stdio (None: /dev/null); returns the pid and never waits.
+          env: dict[str, str] | None, group: bool = False) -> int:
+    """posix_spawn argv with the given fds as stdio (None: /dev/null); returns the pid and never waits. With group,
+    the child leads a process group of its own (what it starts joins it), so that killpg ends them all.
 
     Signal dispositions and the mask are reset for the child: the shim's own handlers must not leak into runc.
     """
@@ -164,6 +165,7 @@ def spawn(argv: list[str], stdin: int | None, stdout: int | None, stderr: int | 
         file_actions=actions,
         setsigmask=(),
         setsigdef=(signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+        **({"setpgroup": 0} if group else {}),
     )
 
 

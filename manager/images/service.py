@@ -8,9 +8,11 @@ blobs moved in but not yet listed. Reads (list, inspect, a create's lookup) read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import tarfile
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -33,18 +35,23 @@ class AsyncMonitor:
     """Runs a program for a runtime/ wrapper with asyncio (the manager is no subreaper: asyncio may wait)."""
 
     async def run(self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
-                  stderr: int | None = None, env: dict[str, str] | None = None) -> int:
+                  stderr: int | None = None, env: dict[str, str] | None = None, group: bool = False) -> int:
         dn = asyncio.subprocess.DEVNULL
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=dn if stdin is None else stdin,
                                                         stdout=dn if stdout is None else stdout,
-                                                        stderr=dn if stderr is None else stderr, env=env)
+                                                        stderr=dn if stderr is None else stderr, env=env,
+                                                        process_group=0 if group else None)
         except FileNotFoundError:
             raise InvalidState(f"{argv[0]} is not installed (scripts/setup installs it)") from None
         try:
             return await proc.wait()
         except asyncio.CancelledError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                if group:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
             await proc.wait()
             raise
 

@@ -91,19 +91,43 @@ class Reaper:
         return fut
 
     def spawn(self, sub: Subscription, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
-              stderr: int | None = None, env: dict[str, str] | None = None) -> int:
+              stderr: int | None = None, env: dict[str, str] | None = None, group: bool = False) -> int:
         """Start argv under an open subscription; the caller then awaits sub.wait(pid)."""
-        return _sys.spawn(argv, stdin, stdout, stderr, env)
+        return _sys.spawn(argv, stdin, stdout, stderr, env, group)
 
     async def run(self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None,
-                  stderr: int | None = None, env: dict[str, str] | None = None) -> int:
-        """The runtime's Monitor: run argv to completion, return its exit code (128 + signal for a signal)."""
+                  stderr: int | None = None, env: dict[str, str] | None = None, group: bool = False) -> int:
+        """The runtime's Monitor: run argv to completion, return its exit code (128 + signal for a signal).
+
+        With group, argv runs in a process group of its own, and a wait cut short (the task cancelled: the shim
+        shuts down mid-create) kills the whole group and waits until it is gone: a CNI plugin killed alone left its
+        iptables child to add the masquerade rule after the DEL that was to undo it (chaos seed 2007543241)."""
         t0 = time.monotonic()
         with self.subscribe() as sub:
-            pid = self.spawn(sub, argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
-            status = await sub.wait(pid)
+            pid = self.spawn(sub, argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env, group=group)
+            try:
+                status = await sub.wait(pid)
+            except BaseException:
+                if group:
+                    await _end_group(pid)
+                raise
         took = time.monotonic() - t0
         if took > SLOW:
             log.warning("slow: %s took %.1fs", " ".join(a for a in argv if not a.startswith("/")), took)
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
+
+
+async def _end_group(pgid: int, grace: float = 5.0) -> None:
+    """SIGKILL process group pgid and wait (at most grace) until none of it is left: its members are ours or,
+    orphaned, our subreaper's, so the reaper reaps each; a zombie still counts as a member until then."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # not ours to kill
+            return
+        await asyncio.sleep(0.01)
+    log.warning("process group %d outlived SIGKILL for %.0fs", pgid, grace)
