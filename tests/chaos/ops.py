@@ -303,7 +303,10 @@ class Ops:
             pid = next((p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want),
                        0)
         if pid and alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # gone since we looked (a spare taken by a create, a template replaced)
+                return
             with self.lock:
                 if spare:
                     self.stats.spare_kills += 1
