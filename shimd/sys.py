@@ -169,6 +169,15 @@ def spawn(argv: list[str], stdin: int | None, stdout: int | None, stderr: int | 
     )
 
 
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal process group pgid; False when no process of it is left (or none is ours to signal)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def mkfifo(path: str) -> None:
     try:
         os.mkfifo(path, 0o600)

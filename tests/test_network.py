@@ -209,8 +209,7 @@ def test_a_manager_killed_during_add_rolls_back_through_the_live_shim_with_nothi
     wait_for(lambda: not any(str(d) in " ".join(p.info["cmdline"] or ())
                              for p in psutil.process_iter(["cmdline"])), 20, "the plugins to finish")
     assert (veths(nenv.netns), container_rules(nenv.netns), leases(nenv.base)) == ([], [], [])
-    time.sleep(1)
-    assert not late.exists(), "a child of the plugin cut short went on after the rollback"
+    assert not late.exists(), "a child of the plugin cut short went on after the rollback"  # it is a plugin process
 
 
 def test_a_plugin_failing_its_add_rolls_the_create_back_with_nothing_left(nenv, tmp_path):

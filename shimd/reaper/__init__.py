@@ -123,11 +123,7 @@ async def _end_group(pgid: int, grace: float = 5.0) -> None:
     orphaned, our subreaper's, so the reaper reaps each; a zombie still counts as a member until then."""
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # not ours to kill
+        if not _sys.kill_group(pgid, signal.SIGKILL):
             return
         await asyncio.sleep(0.01)
     log.warning("process group %d outlived SIGKILL for %.0fs", pgid, grace)
