@@ -8,8 +8,7 @@ Figures (goals of issue 10): 1 memory per shim with N running (USS, PSS, threads
 someone else's, included when present); 6 scale (500 running: listing, `ps` time, memory, restore).
 All three run the same busybox tree: runc from a bundle whose root is that tree (read-only), containerd with
 `ctr run --rootfs` on it (no snapshot), shimd with its built-in image (an overlay per container, as always).
-All three apply a default seccomp filter, which runc compiles at each create: shimd its own (containers-common's
-profile), the runc bundle the same filter, containerd its default profile (`ctr run --seccomp`).
+All three apply a default seccomp filter (shimd's, the same in the runc bundle, `ctr run --seccomp`).
 
 Usage, as root (`make bench` sets things up and runs this under `tini -s` so that exited shims are reaped):
     .venv/bin/python bench/run.py [-n 20] [--containers 50] [--scale 500] [--out docs/benchmarks.md]
