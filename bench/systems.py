@@ -17,8 +17,9 @@ import threading
 import time
 
 import psutil
-from shimd.ocispec import seccomp_filter
 from util import PY, REPO, manager_cmd, run, say, timed, wait_for
+
+from shimd.ocispec import seccomp_filter
 
 BUSYBOX_SLEEP = ["sleep", "100000"]
 

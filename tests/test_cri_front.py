@@ -100,6 +100,27 @@ def test_the_front_outlives_a_manager_sigkill_and_calls_wait_for_the_next_manage
     assert sid in crictl(env, "pods", "-q").stdout
 
 
+def test_an_attach_opened_while_no_manager_runs_gets_what_the_container_answers_to_its_stdin(cri, tmp_path):
+    env, pod, _ = cri
+    ctr = tmp_path / "reader.json"
+    ctr.write_text(json.dumps({"metadata": {"name": "reader"}, "image": {"image": "busybox"},
+                               "command": ["sh", "-c", 'while read l; do echo "got:$l"; done; echo bye'],
+                               "stdin": True, "stdin_once": True, "log_path": "reader.log", "linux": {}}))
+    _, cid = run_pod(env, pod, str(ctr))
+    env.kill_manager(signal.SIGKILL)
+    ep = "unix://" + os.path.join(env.state, "cri.sock")
+    p = subprocess.Popen([CRICTL, "--runtime-endpoint", ep, "--timeout", "60s", "attach", "-i", cid],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdin is not None
+    p.stdin.write(b"hello\n")
+    p.stdin.close()  # the front holds the line while no manager runs ...
+    time.sleep(1.5)
+    env.start_manager()  # ... and the next manager delivers it
+    p.wait(60)  # its output is a few bytes: the pipes hold it
+    out, err = p.stdout.read(), p.stderr.read()  # type: ignore[union-attr]
+    assert p.returncode == 0 and out == b"got:hello\nbye\n", (out, err, env.manager_log()[-2000:])
+
+
 def test_a_dead_front_is_started_again_and_the_manager_stops_it_on_its_way_out(cri):
     env, pod, ctr = cri
     first = front_pid(env)

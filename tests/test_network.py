@@ -10,7 +10,6 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 
 import psutil
 import pytest

@@ -8,7 +8,8 @@ since / until (unix nanoseconds, 0: unbounded, both inclusive) keep only records
 a reply may then hold no record yet a new cursor: ask again. Records are [stream, bytes], or [stream, bytes,
 time_ns] with timestamps. With follow, waits up to timeout seconds for new output and reports eof only once the
 container has exited and everything was read (or a record after until was met). A reply covers at most
-max_bytes of the log (4 KiB to 1 MiB, the default; a reply holds at least one whole record). Unless eof, file is [path, st_dev, st_ino, offset]: the CRI log file the reply's cursor points into and
+max_bytes of the log (4 KiB to 1 MiB, the default; a reply holds at least one whole record). Unless eof, file
+is [path, st_dev, st_ino, offset]: the CRI log file the reply's cursor points into and
 where; a client on this host may read on in that file itself (once it has checked the identity of what it opened)
 and carry on with cursor + the bytes of whole records it read. Cursors grow with the log: one at or past another
 has everything before that one behind it. Errors: not_found, invalid_argument, unavailable

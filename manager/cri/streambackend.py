@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 
-from shimproto.errors import InvalidState, NotFound
+from shimproto.errors import DeadlineExceeded, InvalidState, NotFound, Unavailable
 from shimproto.model import RUNNING
 
 from .calls import Manager
@@ -24,18 +24,23 @@ from .streamapi import AttachRequest, ExecRequest, StreamIO
 log = logging.getLogger("shimd.cri")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+# a stdin write failed so: the client's input is lost unless it learns of it (a closed stdin, an exited container:
+# the output goes on, as docker's attach does)
+LOST_IN_TRANSIT = (Unavailable, DeadlineExceeded)
 
 
 class StreamBackend:
     def __init__(self, manager: Manager) -> None:
         self.m = manager
 
-    def _thread(self, fn, *args) -> threading.Thread:
+    def _thread(self, fn, *args, failed: list[Exception] | None = None) -> threading.Thread:
         def run() -> None:
             try:
                 fn(*args)
             except Exception as e:  # the stream's end or the container's: the main pump reports it
                 log.debug("stream helper %s ended: %s", fn.__name__, e)
+                if failed is not None and isinstance(e, LOST_IN_TRANSIT):
+                    failed.append(e)
             finally:
                 self.m.release()
         t = threading.Thread(target=run, daemon=True, name="cri-" + fn.__name__)
@@ -93,13 +98,16 @@ class StreamBackend:
             meta = CriMeta.of(view)
             target = {"id": req.container_id}
             done = threading.Event()
+            # "now" in the output, pinned before any stdin goes in: what the container answers to our stdin comes
+            # after it (asked in the follow call itself, a reply to stdin sent meanwhile could land before "now")
+            cursor = self.m.query("logs", {**target, "cursor": -1})["cursor"]
+            failed: list[Exception] = []  # stdin the manager never took ends the stream with that error
             if req.stdin and io.stdin is not None:
-                self._thread(self._stdin, io, target, bool(meta and meta.extra.get("stdin_once")))
+                self._thread(self._stdin, io, target, bool(meta and meta.extra.get("stdin_once")), failed=failed)
             if req.tty:
                 self._thread(self._resizes, io, target, done)
-            cursor = -1
             try:
-                while not io.gone.is_set():
+                while not io.gone.is_set() and not failed:
                     page = self.m.query("logs", {"id": req.container_id, "cursor": cursor, "follow": True,
                                                  "timeout": POLL}, timeout=POLL + 30)
                     for rec in page["records"]:
@@ -107,6 +115,8 @@ class StreamBackend:
                     cursor = page["cursor"]
                     if page["eof"]:
                         return
+                if failed and not io.gone.is_set():
+                    raise failed[0]
             finally:
                 done.set()
         finally:
