@@ -1,4 +1,5 @@
-"""The CRI front's attach (manager/cri/streambackend.py) in the orders a manager restart can put its calls in.
+"""The CRI front's attach and exec streams (manager/cri/streambackend.py) in the orders a manager restart can put
+their calls in.
 
 A scripted manager stands in for the real one (the real path runs in tests/test_cri_front.py and in critest): its
 container is a shell that answers each stdin line at once, and it answers a "from now on" logs call late, the way a
@@ -13,7 +14,7 @@ import threading
 import pytest
 
 from manager.cri.meta import CONTAINER, CriMeta
-from manager.cri.streamapi import AttachRequest, StreamIO
+from manager.cri.streamapi import AttachRequest, ExecRequest, StreamIO
 from manager.cri.streambackend import StreamBackend
 from shimproto.errors import ManagerNotRunning
 
@@ -29,6 +30,7 @@ class ScriptedManager:
         self.records: list[list] = []
         self.exited = False
         self.lose_stdin = lose_stdin
+        self.killed = self.deleted = False
         self.cond = threading.Condition()
 
     def query(self, method: str, params: dict, timeout: float | None = None) -> object:
@@ -49,6 +51,14 @@ class ScriptedManager:
                 self.exited = True
             elif method == "logs":
                 return self._logs(params)
+            elif method == "exec":
+                return {"exec_id": "e1"}
+            elif method == "kill":
+                self.killed = self.exited = True
+            elif method == "wait":
+                return {"exited": self.exited, "exit_code": 137 if self.killed else 0}
+            elif method == "delete":
+                self.deleted = True
             else:
                 raise AssertionError(f"unexpected call {method}")
             self.cond.notify_all()
@@ -76,12 +86,16 @@ class Output:
         return len(data)
 
 
-def attach(m: ScriptedManager, stdin: bytes) -> tuple[Output, threading.Event, BaseException | None]:
+def attach(m: ScriptedManager, stdin: bytes, exec: bool = False) -> tuple[Output, threading.Event,
+                                                                         BaseException | None]:
     out, gone = Output(), threading.Event()
     sio = StreamIO(False, io.BytesIO(stdin), out, Output(), gone)  # type: ignore[arg-type]
     error: BaseException | None = None
     try:
-        StreamBackend(m).attach(AttachRequest("c", stdin=True, stdout=True, stderr=True), sio)  # type: ignore[arg-type]
+        if exec:
+            StreamBackend(m).exec(ExecRequest("c", ["cat"], stdin=True), sio)  # type: ignore[arg-type]
+        else:
+            StreamBackend(m).attach(AttachRequest("c", stdin=True), sio)  # type: ignore[arg-type]
     except BaseException as e:
         error = e
     return out, gone, error
@@ -93,13 +107,16 @@ def test_the_answer_to_stdin_reaches_stdout_though_the_manager_takes_the_write_b
     assert out.data == b"got:echo hello\nbye\n"
 
 
-def test_stdin_the_manager_never_took_ends_the_attach_with_that_error_instead_of_hanging():
+@pytest.mark.parametrize("exec", [False, True], ids=["attach", "exec"])
+def test_stdin_the_manager_never_took_ends_the_stream_with_that_error_instead_of_hanging(exec):
     m = ScriptedManager(lose_stdin=True)
     done: dict = {}
-    t = threading.Thread(target=lambda: done.setdefault("r", attach(m, b"echo hello\n")), daemon=True)
+    t = threading.Thread(target=lambda: done.setdefault("r", attach(m, b"echo hello\n", exec)), daemon=True)
     t.start()
     t.join(15)
-    assert not t.is_alive(), "the attach went on though its stdin was lost"
+    assert not t.is_alive(), "the stream went on though its stdin was lost"
     out, _, error = done["r"]
     assert isinstance(error, ManagerNotRunning), error
     assert out.data == b""
+    if exec:  # its process is not left waiting for input that will never come
+        assert m.killed and m.deleted

@@ -16,10 +16,13 @@ OUTPUT_MAX = 16 << 20  # bytes kept per stream, as containerd's exec output limi
 POLL = 5.0  # seconds one logs/wait long-poll may take
 
 
-def pump_output(m: Manager, cid: str, eid: str, deadline: float | None, sink) -> None:
-    """Feed (stream, data) pairs of the exec's output to sink until its end; DeadlineExceeded at deadline."""
+def pump_output(m: Manager, cid: str, eid: str, deadline: float | None, sink, check=None) -> None:
+    """Feed (stream, data) pairs of the exec's output to sink until its end; DeadlineExceeded at deadline. check,
+    when given, is called after each page (it raises to end the pump)."""
     cursor = 0
     while True:
+        if check is not None:
+            check()
         left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
         if left <= 0:
             raise DeadlineExceeded("deadline")

@@ -75,12 +75,14 @@ class StreamBackend:
             eid = x["exec_id"]
             target = {"id": req.container_id, "exec_id": eid}
             done = threading.Event()
+            failed: list[Exception] = []  # stdin the manager never took: the exec is ended, the client told
             if req.stdin and io.stdin is not None:
-                self._thread(self._stdin, io, target, True)
+                self._thread(self._stdin, io, target, True, failed=failed)
             if req.tty:
                 self._thread(self._resizes, io, target, done)
             try:
-                pump_output(self.m, req.container_id, eid, None, lambda s, d: self._write(io, s, d))
+                pump_output(self.m, req.container_id, eid, None, lambda s, d: self._write(io, s, d),
+                            check=lambda: _raise_first(failed))
                 code = wait_exit(self.m, req.container_id, eid)
             except Exception:
                 done.set()
@@ -115,8 +117,8 @@ class StreamBackend:
                     cursor = page["cursor"]
                     if page["eof"]:
                         return
-                if failed and not io.gone.is_set():
-                    raise failed[0]
+                if not io.gone.is_set():
+                    _raise_first(failed)
             finally:
                 done.set()
         finally:
@@ -137,6 +139,11 @@ class StreamBackend:
         if view.get("network") == "host":
             return socket.create_connection(("127.0.0.1", port), timeout=10)
         return connect_in_netns(int(view["pid"]), port)
+
+
+def _raise_first(failed: list[Exception]) -> None:
+    if failed:
+        raise failed[0]
 
 
 def connect_in_netns(pid: int, port: int) -> socket.socket:
