@@ -106,8 +106,11 @@ class Chaos(Ops, ImageOps, NetOps, RestartOps):
     # --- manager control -----------------------------------------------------------------------------------
 
     def set_runtime_faults(self, fail_pct: int, hang_pct: int, hang_s: float) -> None:
-        with open(self.ctl_file, "w") as f:
+        # whole or not at all: the wrapper reads it at every runc call, and a torn read once put the shell's own
+        # error into a container's log (its stderr is the container's) as a line the container never wrote
+        with open(self.ctl_file + ".new", "w") as f:
             f.write(f"{fail_pct} {hang_pct} {hang_s}\n")
+        os.replace(self.ctl_file + ".new", self.ctl_file)
 
     def start(self, slave: bool = False, fault: str = "", expect_death: bool = False) -> bool:
         env = {"SHIMD_CHAOS_RUNTIME_CTL": self.ctl_file, "SHIMD_PLANT": self.plant}
