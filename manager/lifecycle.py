@@ -144,6 +144,9 @@ def shim_request(r: Registry, meta: Meta, network: NetworkPlan, mounts: list[Mou
                       namespaces=namespaces or attach.namespace_plan(r, meta.spec))
 
 
+SHUTDOWN_TIMEOUT = 30.0  # seconds a shim may take to answer shutdown (it kills and deletes its container first)
+
+
 async def rollback_create(r: Registry, e: Entry, pid: int) -> None:
     """Take back a create that did not finish: the shim kills and deletes whatever it made, then exits."""
     if pid:
@@ -156,13 +159,21 @@ async def rollback_create(r: Registry, e: Entry, pid: int) -> None:
 
 
 async def shutdown_shim(r: Registry, id: str, pid: int, why: str) -> None:
-    """Have a shim kill and delete whatever it holds and exit; wait until it is gone."""
+    """Have a shim kill and delete whatever it holds and exit; wait until it is gone. A shim that dies first ends
+    the call at once: one already on its way out (a manager killed mid-rollback had asked it) answers nothing, and
+    waiting out the call's timeout would hold up a restore for 30 s."""
     client = r.shim_client(id)
+    call = asyncio.ensure_future(client.call("shutdown", {"id": id, "force": True}, timeout=SHUTDOWN_TIMEOUT))
+    died = asyncio.ensure_future(wait_gone(pid, id, timeout=SHUTDOWN_TIMEOUT))
     try:
-        await client.call("shutdown", {"id": id, "force": True}, timeout=30.0)
+        await asyncio.wait({call, died}, return_when=asyncio.FIRST_COMPLETED)
+        if call.done():
+            call.result()
     except ShimdError as err:
         log.warning("[%s] %s: shim shutdown: %s", id, why, err)
     finally:
+        call.cancel()
+        died.cancel()
         client.close()
     await wait_gone(pid, id)
 

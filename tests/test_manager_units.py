@@ -227,3 +227,43 @@ def test_a_starting_manager_imports_no_command_module_before_a_call():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.split() == ["manager.commands.named", "manager.commands.params", "manager.commands.proxy"], \
         out.stderr
+
+
+def test_a_shim_that_dies_without_answering_shutdown_ends_the_wait_at_once(tmp_path):
+    """shutdown_shim against a shim on its way out (asked by a manager killed mid-rollback): it no longer answers,
+    and exits 1.5 s later; the wait ends then, not at the call's 30 s timeout (which held a restore up once)."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    import zmq.asyncio
+
+    from manager.lifecycle import shutdown_shim
+    from shimproto.rpc import AsyncClient
+
+    id = "c-silent"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)", "shimd", id])
+
+    class Shims:  # what shutdown_shim needs of the registry: a client of a socket nobody answers on
+        def __init__(self, ctx: zmq.asyncio.Context) -> None:
+            self.ctx = ctx
+
+        def shim_client(self, id: str) -> AsyncClient:
+            return AsyncClient(self.ctx, str(tmp_path / "shim.sock"), f"the shim of {id}")
+
+    async def main() -> float:
+        ctx = zmq.asyncio.Context()
+        try:
+            t0 = time.monotonic()
+            await shutdown_shim(Shims(ctx), id, proc.pid, "test")  # type: ignore[arg-type]
+            return time.monotonic() - t0
+        finally:
+            ctx.term()
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert 1.0 < took < 10, f"shutdown_shim took {took:.1f}s"
