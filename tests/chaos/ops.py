@@ -286,7 +286,7 @@ class Ops:
             self.stats.attach_lines_checked += len(numbers)
             self.stats.checked["attach-lines"] = self.stats.checked.get("attach-lines", 0) + len(numbers) + 1
 
-    def op_kill_template(self) -> None:
+    def op_kill_template(self, spare: bool | None = None) -> None:
         """SIGKILL the warm template that shims are forked from, or (one time in three) its spare shim, whatever
         it is doing: a create it was forking for (or handing to the spare) starts its shim cold, is forked
         directly or is rolled back, and the manager starts another template."""
@@ -297,7 +297,7 @@ class Ops:
             return
         finally:
             c.close()
-        spare = self.rng.random() < 1 / 3
+        spare = self.rng.random() < 1 / 3 if spare is None else spare
         if spare:
             want = ["template", "--spare", "--parent", str(self.env.manager_pid())]
             pid = next((p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-4:] == want),

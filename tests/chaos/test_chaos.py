@@ -37,13 +37,17 @@ def test_chaos(netns, bare_env, shared_root, chaos_archive):
     t0 = time.monotonic()
     chaos.start()
     points = list(POINTS)
-    while chaos.stats.manager_kills < KILLS or chaos.stats.kills_in_flight < IN_FLIGHT or points:
+    while (chaos.stats.manager_kills < KILLS or chaos.stats.kills_in_flight < IN_FLIGHT or points
+           or not chaos.stats.template_kills):
         if time.monotonic() - t0 > BUDGET:
             break
         if points and chaos.stats.rounds % 4 == 3:
             chaos.fault_round(points.pop(0))
         else:
             chaos.round()
+        if not chaos.stats.template_kills and chaos.stats.rounds % 8 == 7:
+            # the rounds' own template kills are drawn at random and often find the manager gone: one for sure
+            chaos.op_kill_template(spare=False)
     chaos.finish()
     chaos.stats.seconds = round(time.monotonic() - t0, 1)
     print(chaos.report())
