@@ -17,6 +17,7 @@ from manager.faults import POINTS
 from tests.chaos import invariants, report
 from tests.chaos.harness import Chaos
 from tests.chaos.ops import Box
+from tests.chaos.restartops import CHECKS
 from tests.harness import Env, wait_for
 from tests.netns import enter, network_left
 
@@ -45,6 +46,12 @@ def test_chaos(netns, bare_env, shared_root, chaos_archive):
             chaos.fault_round(points.pop(0))
         else:
             chaos.round()
+        if chaos.stats.rounds == 3:  # each kind the assertions below count, at least once and early (the rounds
+            # draw their operations at random: a run may otherwise lack one, and a late one may never restart)
+            if not chaos.stats.restart_containers:
+                chaos.tracked(lambda: chaos.run_restarting("looper"))
+            if not chaos.stats.health_containers:
+                chaos.tracked(lambda: chaos.run_restarting(random.Random(seed).choice(sorted(CHECKS))))
         if not chaos.stats.template_kills and chaos.stats.rounds % 8 == 7:
             # the rounds' own template kills are drawn at random and often find the manager gone: one for sure
             chaos.op_kill_template(spare=False)
