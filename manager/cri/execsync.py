@@ -18,7 +18,7 @@ POLL = 5.0  # seconds one logs/wait long-poll may take
 
 def pump_output(m: Manager, cid: str, eid: str, deadline: float | None, sink, check=None) -> None:
     """Feed (stream, data) pairs of the exec's output to sink until its end; DeadlineExceeded at deadline. check,
-    when given, is called after each page (it raises to end the pump)."""
+    when given, is called before each page (it raises to end the pump)."""
     cursor = 0
     while True:
         if check is not None:
